@@ -1,0 +1,105 @@
+"""Adapters as PEFT lays them out: ``adapter_config.json`` + ``adapter_model.safetensors``.
+
+Only the learned tensors are stored (a rank-1 DIP context at ViT-B/16 is 516 floats, about 2 KB): never the
+frozen class-token embeddings, P0 or optimizer state. P0 and the token layout are rebuilt from the backbone
+and the recorded config, which is why an adapter refuses a backbone other than the one it was trained on.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save
+
+from . import __version__
+from .backbones.loading import Backbone
+from .engine.reproducibility import atomic_write_bytes, atomic_write_json
+from .errors import DipclipError
+from .methods import PromptCLIP, PromptConfig, get_method
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+FORMAT = "dipclip-adapter"
+
+
+@dataclass
+class Adapter:
+    config: dict
+    tensors: dict[str, torch.Tensor]
+    path: Path
+
+    @property
+    def method(self) -> str:
+        return self.config["method"]
+
+    @property
+    def prompt_config(self) -> PromptConfig:
+        return PromptConfig(**self.config["prompt"])
+
+
+def save_adapter(out_dir: str | Path, method: str, model: PromptCLIP, extra: dict | None = None) -> Path:
+    """Write the adapter folder atomically (each file via a temporary name) and return its path."""
+    out = Path(out_dir)
+    tensors = {f"context.{name}": p.detach().cpu().contiguous() for name, p in model.context.named_parameters()}
+    config = {
+        "format": FORMAT,
+        "format_version": 1,
+        "dipclip_version": __version__,
+        "method": method,
+        "prompt": model.prompt_cfg.to_dict(),
+        "trainable_params": model.num_trainable(),
+        "backbone": model.backbone.describe(),
+    }
+    if model.prompt_cfg.class_specific:
+        config["classnames"] = model.classnames  # class-specific contexts belong to these classes, in this order
+    config.update(extra or {})
+    atomic_write_bytes(out / WEIGHTS_NAME, save(tensors, metadata={"format": FORMAT, "method": method}))
+    atomic_write_json(out / CONFIG_NAME, config)
+    return out
+
+
+def load_adapter(path: str | Path) -> Adapter:
+    folder = Path(path)
+    if folder.is_file() and folder.name in (CONFIG_NAME, WEIGHTS_NAME):
+        folder = folder.parent
+    config_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    if not config_file.is_file() or not weights_file.is_file():
+        raise DipclipError(f"{path} is not an adapter folder (expected {CONFIG_NAME} and {WEIGHTS_NAME} in it)")
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise DipclipError(f"{config_file} is not valid JSON ({exc.msg}); the adapter is damaged") from None
+    if config.get("format") != FORMAT:
+        raise DipclipError(f"{config_file} is not a dipclip adapter config (format {config.get('format')!r})")
+    return Adapter(config=config, tensors=load_file(str(weights_file)), path=folder)
+
+
+def check_compatible(adapter: Adapter, backbone: Backbone) -> None:
+    trained = adapter.config["backbone"]
+    here = backbone.describe()
+    if trained["identity"] != here["identity"] or trained["text_width"] != here["text_width"]:
+        raise DipclipError(
+            f"adapter {adapter.path} was trained on backbone {trained['model']} ({trained['identity']}, text width "
+            f"{trained['text_width']}) but the loaded backbone is {here['model']} ({here['identity']}, text width "
+            f"{here['text_width']}); load the adapter's backbone with --model/--pretrained"
+        )
+
+
+def model_from_adapter(adapter: Adapter, backbone: Backbone, classnames: list[str] | None = None) -> PromptCLIP:
+    """Rebuild the prompt model on ``backbone`` for ``classnames`` (default: the adapter's own classes)."""
+    check_compatible(adapter, backbone)
+    classnames = classnames or adapter.config.get("classnames")
+    if not classnames:
+        raise DipclipError("no class names given; pass --classes or --data/--dataset")
+    method = get_method(adapter.method)
+    model = method.build(backbone, list(classnames), adapter.prompt_config)
+    state = {name.removeprefix("context."): t.to(backbone.device) for name, t in adapter.tensors.items()}
+    try:
+        model.context.load_state_dict(state)
+    except RuntimeError as exc:
+        raise DipclipError(f"adapter tensors do not fit this prompt ({str(exc).splitlines()[0]})") from None
+    model.context.eval()
+    return model

@@ -1,0 +1,395 @@
+"""The Python API; the CLI is a thin layer over these functions.
+
+Every function writes its outputs into ``out`` (when given) and returns the same dictionary it writes as
+``metrics.json`` / ``predictions.json`` / ``density.json``.
+
+``metrics.json`` (stable; scripts may rely on these keys):
+- ``method``: ``zeroshot``, ``coop``, ``dip``, ...; ``trainable_params``: learned numbers;
+- ``results``: evaluation name (``test``, ``base``, ``new``, ...) -> ``{"accuracy": percent, "n": images}``;
+- ``history``: per epoch ``epoch``, ``loss``, ``train_accuracy``, ``id_prompt``, ``id_update``, ``lr``, ``images``;
+- ``density``: ID of the final prompt and of its update; ``config``: the full resolved configuration;
+- ``backbone``: model, pretrained, identity, text width; ``timing``: wall-clock seconds (the only
+  non-reproducible part); ``dipclip_version``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .adapters import load_adapter, model_from_adapter, save_adapter
+from .backbones.loading import Backbone, load_backbone
+from .data.types import DatasetSplits
+from .density import density_report, information_density
+from .engine.evaluate import evaluate_items
+from .engine.reproducibility import atomic_write_bytes, atomic_write_json
+from .engine.trainer import TrainConfig, Trainer
+from .errors import DipclipError
+from .methods import get_method
+from .methods.zeroshot import ENSEMBLE_TEMPLATES, zeroshot_text_features
+from .paths import cache_root
+
+METRICS_NAME = "metrics.json"
+
+
+def load_data(data: str | None, dataset: str | None, shots: int | None = None, seed: int = 1,
+              subsample: str = "all") -> DatasetSplits:
+    """A dataset as a run sees it: few-shot train/val (when ``shots`` is given) and the base/new half."""
+    from .data.datasets import load_dataset
+    from .data.sampling import few_shot_splits, subsample_classes
+
+    if data is None or dataset is None:
+        raise DipclipError("give the data as --data ROOT --dataset KEY (see `dipclip data --help`)")
+    splits = load_dataset(data, dataset)
+    if shots is None:
+        return subsample_classes(splits, subsample)
+    return few_shot_splits(splits, data, dataset, shots, seed, subsample=subsample,
+                           cache_dir=cache_root() / "fewshot")
+
+
+def _write_metrics(out: str | Path | None, metrics: dict) -> None:
+    if out is not None:
+        atomic_write_json(Path(out) / METRICS_NAME, metrics)
+
+
+def _backbone_for_adapter(adapter_config: dict, model: str | None, pretrained: str | None, device: str) -> Backbone:
+    recorded = adapter_config["backbone"]
+    return load_backbone(model or recorded.get("model_arg"), pretrained or recorded["pretrained"], device=device)
+
+
+def train(
+    method: str = "dip",
+    *,
+    model: str | None = None,
+    pretrained: str = "none",
+    data: str | None = None,
+    dataset: str | None = None,
+    shots: int | None = 16,
+    seed: int = 1,
+    subsample: str = "all",
+    epochs: int = 10,
+    batch_size: int = 32,
+    optimizer: str | None = None,
+    lr: float | None = None,
+    n_ctx: int | None = None,
+    init_text: str | None = None,
+    random_init: bool = False,
+    class_position: str | None = None,
+    class_specific: bool | None = None,
+    rank: int | None = None,
+    dip_init: str | None = None,
+    dip_dropout: float | None = None,
+    density_k: int = 1,
+    device: str = "auto",
+    workers: int = 0,
+    skip_bad_images: bool = False,
+    out: str | Path = "runs/train",
+    resume: bool = False,
+    progress: bool = True,
+    backbone: Backbone | None = None,
+    splits: DatasetSplits | None = None,
+) -> dict:
+    """Train a prompt, save its adapter under ``out/adapter`` and evaluate it.
+
+    With ``subsample="base"`` the prompt trained on the base classes is also evaluated on the new classes
+    (``results["base"]`` and ``results["new"]``); otherwise ``results["test"]``.
+    """
+    began = time.perf_counter()
+    prompt_method = get_method(method)
+    backbone = backbone or load_backbone(model, pretrained, device=device)
+    prompt_overrides = dict(n_ctx=n_ctx, class_position=class_position, class_specific=class_specific, rank=rank,
+                            dip_init=dip_init, dip_dropout=dip_dropout, init_text=init_text)
+    if init_text and n_ctx is None:
+        prompt_overrides["n_ctx"] = len(backbone.tokenizer.encode(init_text))  # CoOp: n_ctx follows the init
+    prompt_cfg = prompt_method.prompt_config(**prompt_overrides)
+    if random_init:
+        prompt_cfg = replace(prompt_cfg, init_text=None)
+    optim_cfg = prompt_method.optim_config(optimizer=optimizer, lr=lr)
+    train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, workers=workers, density_k=density_k,
+                            skip_bad_images=skip_bad_images).validate()
+    if splits is None:
+        splits = load_data(data, dataset, shots, seed, subsample)
+    out = Path(out)
+    prompt_model = prompt_method.build(backbone, splits.classnames, prompt_cfg)
+    n_params = prompt_model.num_trainable()
+    trainer = Trainer(prompt_method, prompt_model, optim_cfg, train_cfg, out, progress=progress)
+    trainer.log(
+        f"{prompt_method.name}: {n_params:,} trainable parameters; {len(splits.classnames)} classes, "
+        f"{len(splits.train)} training images; backbone {backbone.name} ({backbone.pretrained}) on {backbone.device}"
+    )
+    history = trainer.fit(splits.train, resume=resume)
+    config = {
+        "method": prompt_method.name,
+        "data": data, "dataset": dataset, "shots": shots, "seed": seed, "subsample": subsample,
+        "prompt": prompt_cfg.to_dict(), "optim": asdict(optim_cfg), "train": asdict(train_cfg),
+        "model": model, "pretrained": pretrained, "device": str(backbone.device),
+    }
+    save_adapter(out / "adapter", prompt_method.name, prompt_model, extra={"train_config": config})
+    results = {}
+    eval_began = time.perf_counter()
+    text_features = prompt_model.text_features(merged=True).detach()
+    name = "base" if subsample == "base" else ("new" if subsample == "new" else "test")
+    results[name] = evaluate_items(backbone, text_features, splits.test, batch_size=64, workers=workers,
+                                   skip_bad_images=skip_bad_images, desc=f"eval {name}")
+    if subsample == "base" and data is not None and dataset is not None:
+        new_splits = load_data(data, dataset, None, seed, "new")
+        prompt_model.set_classnames(new_splits.classnames)
+        new_features = prompt_model.text_features(merged=True).detach()
+        results["new"] = evaluate_items(backbone, new_features, new_splits.test, batch_size=64, workers=workers,
+                                        skip_bad_images=skip_bad_images, desc="eval new")
+    for key, value in results.items():
+        trainer.log(f"{key}: accuracy {value['accuracy']:.2f}% on {value['n']} images")
+    context = prompt_model.context
+    metrics = {
+        "dipclip_version": __version__,
+        "method": prompt_method.name,
+        "trainable_params": n_params,
+        "results": results,
+        "history": history,
+        "density": density_report(context.merged(), context.initial, density_k),
+        "num_classes": len(splits.classnames),
+        "num_train_images": len(splits.train),
+        "backbone": backbone.describe(),
+        "config": config,
+        "timing": {
+            "train_epoch_seconds": trainer.epoch_seconds,
+            "eval_seconds": round(time.perf_counter() - eval_began, 3),
+            "total_seconds": round(time.perf_counter() - began, 3),
+        },
+    }
+    _write_metrics(out, metrics)
+    return metrics
+
+
+def zeroshot(
+    *,
+    model: str | None = None,
+    pretrained: str = "none",
+    data: str | None = None,
+    dataset: str | None = None,
+    split: str = "test",
+    subsample: str = "all",
+    templates: Sequence[str] | None = None,
+    ensemble: bool = False,
+    device: str = "auto",
+    workers: int = 0,
+    skip_bad_images: bool = False,
+    out: str | Path | None = None,
+    backbone: Backbone | None = None,
+    splits: DatasetSplits | None = None,
+) -> dict:
+    """Zero-shot CLIP with the dataset's template (or ``templates``; ``ensemble`` adds CLIP's 7 templates)."""
+    backbone = backbone or load_backbone(model, pretrained, device=device)
+    splits = splits or load_data(data, dataset, None, 1, subsample)
+    chosen = list(templates) if templates else [splits.template]
+    if ensemble:
+        chosen += [t for t in ENSEMBLE_TEMPLATES if t not in chosen]
+    text_features = zeroshot_text_features(backbone, splits.classnames, chosen)
+    name = split if subsample == "all" else subsample
+    result = evaluate_items(backbone, text_features, splits.split(split), workers=workers,
+                            skip_bad_images=skip_bad_images, desc=f"zero-shot {name}")
+    metrics = {
+        "dipclip_version": __version__,
+        "method": "zeroshot",
+        "trainable_params": 0,
+        "results": {name: result},
+        "num_classes": len(splits.classnames),
+        "backbone": backbone.describe(),
+        "config": {"data": data, "dataset": dataset, "split": split, "subsample": subsample,
+                   "templates": chosen, "model": model, "pretrained": pretrained},
+    }
+    _write_metrics(out, metrics)
+    return metrics
+
+
+def evaluate(
+    adapter: str | Path,
+    *,
+    data: str | None = None,
+    dataset: str | None = None,
+    split: str = "test",
+    subsample: str = "all",
+    model: str | None = None,
+    pretrained: str | None = None,
+    device: str = "auto",
+    workers: int = 0,
+    skip_bad_images: bool = False,
+    out: str | Path | None = None,
+    backbone: Backbone | None = None,
+    splits: DatasetSplits | None = None,
+) -> dict:
+    """Accuracy of a trained adapter on a dataset split (the adapter's backbone is rebuilt by default)."""
+    loaded = load_adapter(adapter)
+    backbone = backbone or _backbone_for_adapter(loaded.config, model, pretrained, device)
+    splits = splits or load_data(data, dataset, None, 1, subsample)
+    prompt_model = model_from_adapter(loaded, backbone, splits.classnames)
+    text_features = prompt_model.text_features(merged=True).detach()
+    name = split if subsample == "all" else subsample
+    result = evaluate_items(backbone, text_features, splits.split(split), workers=workers,
+                            skip_bad_images=skip_bad_images, desc=f"eval {name}")
+    metrics = {
+        "dipclip_version": __version__,
+        "method": loaded.method,
+        "trainable_params": prompt_model.num_trainable(),
+        "results": {name: result},
+        "num_classes": len(splits.classnames),
+        "backbone": backbone.describe(),
+        "config": {"adapter": str(adapter), "data": data, "dataset": dataset, "split": split,
+                   "subsample": subsample, "prompt": loaded.config["prompt"]},
+    }
+    _write_metrics(out, metrics)
+    return metrics
+
+
+def _classifier(adapter: str | Path | None, backbone: Backbone, classnames: list[str], template: str):
+    """(normalised text features, method name) for an adapter, or for zero-shot with ``template``."""
+    if adapter is None:
+        return zeroshot_text_features(backbone, classnames, [template]), "zeroshot"
+    loaded = load_adapter(adapter)
+    prompt_model = model_from_adapter(loaded, backbone, classnames)
+    return prompt_model.text_features(merged=True).detach(), loaded.method
+
+
+def predict(
+    images: Sequence[str],
+    *,
+    classnames: Sequence[str] | None = None,
+    data: str | None = None,
+    dataset: str | None = None,
+    adapter: str | Path | None = None,
+    model: str | None = None,
+    pretrained: str | None = None,
+    template: str = "a photo of a {}.",
+    top_k: int = 5,
+    device: str = "auto",
+    out: str | Path | None = None,
+    backbone: Backbone | None = None,
+) -> dict:
+    """Top-k classes with probabilities for each image file (zero-shot, or with an adapter)."""
+    from .data.images import load_rgb
+    from .data.transforms import test_transform
+
+    if not images:
+        raise DipclipError("no images given; pass one or more image files")
+    if top_k < 1:
+        raise DipclipError(f"--top-k must be >= 1, got {top_k}")
+    if classnames is None and data is not None and dataset is not None:
+        classnames = load_data(data, dataset).classnames
+    if not classnames:
+        raise DipclipError("no class names given; pass --classes a,b,c or --data ROOT --dataset KEY")
+    classnames = list(classnames)
+    if adapter is not None:
+        config = load_adapter(adapter).config
+        backbone = backbone or _backbone_for_adapter(config, model, pretrained, device)
+    else:
+        backbone = backbone or load_backbone(model, pretrained or "none", device=device)
+    text_features, method_name = _classifier(adapter, backbone, classnames, template)
+    transform = test_transform(backbone.image_size, backbone.mean, backbone.std)
+    batch = torch.stack([transform(load_rgb(str(path))) for path in images]).to(backbone.device)
+    image_features = backbone.encode_images(batch)
+    probabilities = (backbone.logit_scale * image_features @ text_features.t()).softmax(dim=-1).cpu()
+    k = min(top_k, len(classnames))
+    predictions = []
+    for path, row in zip(images, probabilities, strict=True):
+        values, indices = row.topk(k)
+        predictions.append({
+            "image": str(path),
+            "top": [{"class": classnames[i], "probability": round(float(v), 6)}
+                    for v, i in zip(values.tolist(), indices.tolist(), strict=True)],
+        })
+    payload = {"method": method_name, "classnames": classnames, "predictions": predictions}
+    if out is not None:
+        atomic_write_json(Path(out) / "predictions.json", payload)
+    return payload
+
+
+def density(
+    adapter: str | Path,
+    *,
+    k: int | None = None,
+    energy: bool = False,
+    model: str | None = None,
+    pretrained: str | None = None,
+    device: str = "cpu",
+    out: str | Path | None = None,
+    backbone: Backbone | None = None,
+) -> dict:
+    """Information Density of an adapter's merged prompt and of its learned update, for every k."""
+    loaded = load_adapter(adapter)
+    backbone = backbone or _backbone_for_adapter(loaded.config, model, pretrained, device)
+    classnames = loaded.config.get("classnames") or ["object"]
+    prompt_model = model_from_adapter(loaded, backbone, classnames)
+    context = prompt_model.context
+    prompt, update = context.merged(), context.merged() - context.initial
+    m = min(prompt.reshape(-1, prompt.shape[-1]).shape)
+    ks = [k] if k is not None else list(range(1, m + 1))
+    with torch.no_grad():
+        singular = torch.linalg.svdvals(prompt.reshape(-1, prompt.shape[-1]).float()).tolist()
+        per_k = {}
+        for value in ks:
+            report = density_report(prompt, context.initial, value, energy)
+            per_k[str(value)] = {"id_prompt": report["id_prompt"], "id_update": report["id_update"]}
+    payload = {
+        "adapter": str(adapter),
+        "method": loaded.method,
+        "energy": energy,
+        "shape": list(prompt.shape),
+        "singular_values": [round(s, 6) for s in singular],
+        "update_norm": round(float(update.norm()), 6),
+        "id": per_k,
+    }
+    _ = information_density  # re-exported for API users: dipclip.api.information_density
+    if out is not None:
+        atomic_write_json(Path(out) / "density.json", payload)
+    return payload
+
+
+def export(
+    adapter: str | Path,
+    *,
+    classnames: Sequence[str] | None = None,
+    data: str | None = None,
+    dataset: str | None = None,
+    model: str | None = None,
+    pretrained: str | None = None,
+    device: str = "cpu",
+    out: str | Path = "export",
+    backbone: Backbone | None = None,
+) -> dict:
+    """Write the merged prompt and the normalised class text-feature matrix (``classifier.safetensors``).
+
+    The matrix is all a deployment needs: ``logits = logit_scale * normalize(image_features) @ text_features.T``.
+    """
+    from safetensors.torch import save
+
+    loaded = load_adapter(adapter)
+    if classnames is None and data is not None and dataset is not None:
+        classnames = load_data(data, dataset).classnames
+    classnames = list(classnames or loaded.config.get("classnames") or [])
+    if not classnames:
+        raise DipclipError("no class names given; pass --classes a,b,c or --data ROOT --dataset KEY")
+    backbone = backbone or _backbone_for_adapter(loaded.config, model, pretrained, device)
+    prompt_model = model_from_adapter(loaded, backbone, classnames)
+    tensors = {
+        "prompt": prompt_model.context.merged().cpu().contiguous(),
+        "text_features": prompt_model.text_features(merged=True).detach().cpu().contiguous(),
+        "logit_scale": backbone.logit_scale.detach().cpu().reshape(1).float(),
+    }
+    out = Path(out)
+    atomic_write_bytes(out / "classifier.safetensors", save(tensors, metadata={"method": loaded.method}))
+    info = {
+        "adapter": str(adapter),
+        "method": loaded.method,
+        "classnames": classnames,
+        "prompt_shape": list(tensors["prompt"].shape),
+        "text_features_shape": list(tensors["text_features"].shape),
+        "backbone": backbone.describe(),
+        "files": ["classifier.safetensors", "classifier.json"],
+    }
+    atomic_write_json(out / "classifier.json", info)
+    return info

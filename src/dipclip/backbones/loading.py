@@ -1,0 +1,374 @@
+"""Build a frozen CLIP backbone from what users have: an open_clip name + tag, an OpenAI ``.pt`` file,
+an open_clip config JSON, or dipclip's own embedded model.
+
+Weights always load in fp32 (bf16 autocast is applied at run time on CUDA), every parameter is frozen,
+and a missing download fails in seconds with a message that says what was looked for and where.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import DipclipError
+from .text_tower import TextTower
+
+# Seed for `--pretrained none`: random weights must be the same at every load, or an adapter trained on
+# a random test model could never be evaluated again.
+RANDOM_INIT_SEED = 0
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+@dataclass
+class Backbone:
+    """A frozen CLIP with its own tokenizer and the facts adapters are checked against."""
+
+    model: nn.Module
+    text: TextTower
+    tokenizer: Any
+    name: str
+    pretrained: str
+    identity: str
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    model_arg: str | None = None  # what the user passed as --model, so an adapter can rebuild its backbone
+
+    @property
+    def device(self) -> torch.device:
+        return self.text.positional_embedding.device
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.model.logit_scale.exp()
+
+    def to(self, device: torch.device | str) -> Backbone:
+        self.model.to(device)
+        self.text.to(device)
+        return self
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        return self.tokenizer(texts).to(self.device)
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised image features in fp32 (the image tower is frozen, so never with grad)."""
+        with autocast_for(images.device):
+            features = self.model.encode_image(images)
+        return nn.functional.normalize(features.float(), dim=-1)
+
+    def describe(self) -> dict:
+        return {
+            "model": self.name,
+            "model_arg": self.model_arg,
+            "pretrained": self.pretrained,
+            "identity": self.identity,
+            "text_width": self.text.width,
+            "embed_dim": self.text.output_dim,
+            "image_size": self.image_size,
+        }
+
+
+def autocast_for(device: torch.device):
+    """bf16 autocast on CUDA, plain fp32 elsewhere (CPU and MPS stay exact)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``auto`` picks CUDA, then MPS, then CPU; an explicit device that is absent is a user error."""
+    name = (device or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(name)
+    except RuntimeError:
+        raise DipclipError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise DipclipError(f"--device {device} asked for CUDA but no CUDA GPU is available; use --device cpu")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise DipclipError(f"--device {device} asked for MPS but it is not available; use --device cpu")
+    return resolved
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_backbone(
+    model: str | None = None,
+    pretrained: str | None = "none",
+    device: str | torch.device | None = "cpu",
+    cache_dir: str | None = None,
+) -> Backbone:
+    """Build a frozen CLIP.
+
+    - ``model`` an open_clip name (``ViT-B-16``) and ``pretrained`` one of its tags (``openai``);
+    - ``pretrained`` a weights file: an OpenAI checkpoint (TorchScript archive or state dict, the
+      architecture read from the tensors, so ``model`` may be omitted), or an open_clip checkpoint for
+      the given ``model``;
+    - ``model`` a path to an open_clip model config JSON (``{"embed_dim", "vision_cfg", "text_cfg"}``);
+    - ``pretrained="none"``: random weights (seeded, identical at every load);
+    - ``pretrained`` the name of an embedded dipclip model (see :mod:`dipclip.backbones.embedded`).
+    """
+    from . import embedded  # local: keeps `import dipclip` light
+
+    torch_device = device if isinstance(device, torch.device) else resolve_device(device)
+    pretrained = pretrained or "none"
+    if embedded.is_embedded(pretrained):
+        clip_model, tokenizer, identity, name = embedded.load_embedded(pretrained)
+    elif _looks_like_file(pretrained):
+        clip_model, tokenizer, identity, name = _from_weights_file(model, pretrained)
+    elif model is None:
+        raise DipclipError(
+            "--model is required unless --pretrained is a weights file; e.g. --model ViT-B-16 --pretrained openai"
+        )
+    elif model.endswith(".json"):
+        clip_model, tokenizer, identity, name = _from_config_file(model, pretrained)
+    else:
+        clip_model, tokenizer, identity, name = _from_open_clip_name(model, pretrained, cache_dir)
+
+    clip_model = clip_model.float().eval().requires_grad_(False)
+    clip_model.to(torch_device)
+    visual = clip_model.visual
+    size = getattr(visual, "image_size", 224)
+    image_size = int(size[0] if isinstance(size, tuple | list) else size)
+    mean = tuple(getattr(visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073))
+    std = tuple(getattr(visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711))
+    text = TextTower(clip_model).to(torch_device)
+    return Backbone(
+        model=clip_model, text=text, tokenizer=tokenizer, name=name, pretrained=pretrained,
+        identity=identity, image_size=image_size, mean=mean, std=std, model_arg=model,
+    )
+
+
+def _looks_like_file(pretrained: str) -> bool:
+    if os.path.isfile(os.path.expanduser(pretrained)):
+        return True
+    if pretrained.lower().endswith(WEIGHT_SUFFIXES) or os.sep in pretrained:
+        raise DipclipError(f"weights file not found: {pretrained}; check the path given to --pretrained")
+    return False
+
+
+def _tokenizer_for_config(model_cfg: dict):
+    import open_clip
+
+    text_cfg = model_cfg.get("text_cfg", {})
+    if text_cfg.get("hf_tokenizer_name"):
+        raise DipclipError("configs with a Hugging Face tokenizer are not supported; use a CLIP BPE text tower")
+    return open_clip.tokenizer.SimpleTokenizer(context_length=text_cfg.get("context_length", 77))
+
+
+def _build_from_config(model_cfg: dict) -> nn.Module:
+    import open_clip
+
+    cfg = dict(model_cfg)
+    cfg.pop("custom_text", None)
+    cfg.pop("preprocess_cfg", None)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        try:
+            return open_clip.CLIP(**cfg)
+        except TypeError as exc:
+            raise DipclipError(f"invalid open_clip model config ({exc}); see open_clip's model_configs/*.json") from None
+
+
+def _from_config_file(path: str, pretrained: str):
+    config_path = Path(path).expanduser()
+    if not config_path.is_file():
+        raise DipclipError(f"model config not found: {path}; give an open_clip config JSON or a model name")
+    try:
+        raw = json.loads(config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DipclipError(f"model config {path} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    model_cfg = raw.get("model_cfg", raw)  # accept both plain configs and open_clip_config.json files
+    if not {"embed_dim", "vision_cfg", "text_cfg"} <= set(model_cfg):
+        raise DipclipError(f"model config {path} needs embed_dim, vision_cfg and text_cfg (open_clip format)")
+    if pretrained != "none":
+        raise DipclipError(
+            f"--pretrained {pretrained!r} is neither 'none' nor an existing weights file (with a config JSON as "
+            "--model, give a checkpoint path or 'none')"
+        )
+    model = _build_from_config(model_cfg)
+    canonical = json.dumps(model_cfg, sort_keys=True).encode()
+    identity = f"config-sha256:{hashlib.sha256(canonical).hexdigest()[:16]}/none"
+    return model, _tokenizer_for_config(model_cfg), identity, config_path.stem
+
+
+def _from_weights_file(model: str | None, pretrained: str):
+    import open_clip
+
+    path = str(Path(pretrained).expanduser())
+    identity = f"sha256:{file_sha256(path)}"
+    if model is None or _is_openai_file(path):
+        try:
+            clip_model = open_clip.load_openai_model(path, precision="fp32", device="cpu")
+        except Exception as exc:  # noqa: BLE001 - any failure means "not an OpenAI checkpoint"
+            raise DipclipError(
+                f"{pretrained} is not an OpenAI CLIP checkpoint ({type(exc).__name__}: {str(exc)[:120]}); for an "
+                "open_clip checkpoint also pass --model NAME"
+            ) from None
+        name = model or f"openai:{Path(path).stem}"
+        ctx = clip_model.positional_embedding.shape[0]
+        return clip_model, open_clip.tokenizer.SimpleTokenizer(context_length=ctx), identity, name
+    if model.endswith(".json"):
+        raw = json.loads(Path(model).read_text())
+        model_cfg = raw.get("model_cfg", raw)
+        clip_model = _build_from_config(model_cfg)
+        state = _read_state_dict(path)
+        try:
+            clip_model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise DipclipError(f"{pretrained} does not match config {model}: {str(exc).splitlines()[0]}") from None
+        return clip_model, _tokenizer_for_config(model_cfg), identity, Path(model).stem
+    _check_model_name(model)
+    try:
+        clip_model = open_clip.create_model(model, pretrained=path, precision="fp32", device="cpu")
+    except RuntimeError as exc:
+        raise DipclipError(f"cannot load {pretrained} into {model}: {str(exc).splitlines()[0]}") from None
+    return clip_model, open_clip.get_tokenizer(model), identity, model
+
+
+def _is_openai_file(path: str) -> bool:
+    """TorchScript archives are zip files with a `code/` folder; plain OpenAI state dicts have `visual.proj`
+    or `visual.attnpool` keys at the top level."""
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            if any("/code/" in name for name in archive.namelist()[:2000]):
+                return True
+    try:
+        state = _read_state_dict(path)
+    except DipclipError:
+        return False
+    return "visual.proj" in state or "visual.attnpool.positional_embedding" in state
+
+
+def _read_state_dict(path: str) -> dict:
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise DipclipError(f"cannot read weights file {path} ({type(exc).__name__})") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise DipclipError(f"{path} does not hold a state dict")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _check_model_name(model: str) -> None:
+    import open_clip
+
+    if model not in open_clip.list_models():
+        close = [m for m in open_clip.list_models() if model.lower().replace("/", "-") in m.lower()][:8]
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see `python -c 'import open_clip; print(open_clip.list_models())'`"
+        raise DipclipError(f"unknown open_clip model {model!r} (or a config JSON path that does not exist){hint}")
+
+
+def _from_open_clip_name(model: str, pretrained: str, cache_dir: str | None):
+    import open_clip
+
+    _check_model_name(model)
+    if pretrained == "none":
+        model_cfg = open_clip.get_model_config(model)
+        clip_model = _build_from_config(model_cfg)
+        return clip_model, open_clip.get_tokenizer(model), f"{model}/none", model
+    tags = open_clip.list_pretrained_tags_by_model(model)
+    if pretrained not in tags:
+        raise DipclipError(
+            f"unknown pretrained tag {pretrained!r} for {model}; known tags: {', '.join(tags) or 'none'} "
+            "(or give a weights file path, or 'none' for random weights)"
+        )
+    tag_cfg = open_clip.get_pretrained_cfg(model, pretrained)
+    weights = _find_cached_weights(tag_cfg, cache_dir)
+    if weights is None:
+        weights = _download_or_explain(model, pretrained, tag_cfg, cache_dir)
+    quick_gelu = bool(tag_cfg.get("quick_gelu", False))
+    clip_model = open_clip.create_model(
+        model, pretrained=weights, precision="fp32", device="cpu", force_quick_gelu=quick_gelu
+    )
+    return clip_model, open_clip.get_tokenizer(model), f"{model}/{pretrained}", model
+
+
+def _hub_files(tag_cfg: dict) -> tuple[str, list[str]]:
+    hub = tag_cfg.get("hf_hub", "")
+    repo_id, filename = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
+    names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    return repo_id, names
+
+
+def _find_cached_weights(tag_cfg: dict, cache_dir: str | None) -> str | None:
+    """Look in the Hugging Face cache and in open_clip's URL cache without touching the network."""
+    repo_id, names = _hub_files(tag_cfg)
+    if repo_id:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            for filename in names:
+                found = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir)
+                if isinstance(found, str) and os.path.isfile(found):
+                    return found
+        except ImportError:
+            pass
+    url = tag_cfg.get("url", "")
+    if url:
+        url_cache = Path(cache_dir or os.path.expanduser("~/.cache/clip"))
+        candidate = url_cache / os.path.basename(url)
+        if candidate.is_file():
+            return str(candidate)
+    return None
+
+
+def _network_available(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or os.environ.get("DIPCLIP_OFFLINE"):
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _download_or_explain(model: str, pretrained: str, tag_cfg: dict, cache_dir: str | None) -> str:
+    from huggingface_hub import constants
+
+    repo_id, names = _hub_files(tag_cfg)
+    where = cache_dir or constants.HF_HUB_CACHE
+    looked_for = f"{repo_id}/{' or '.join(names)} in {where}"
+    if tag_cfg.get("url"):
+        looked_for += f", and {os.path.basename(tag_cfg['url'])} in {cache_dir or '~/.cache/clip'}"
+    if not _network_available():
+        raise DipclipError(
+            f"weights for {model}/{pretrained} are not available offline: looked for {looked_for}; "
+            "download them on a connected machine, or pass the file with --pretrained PATH"
+        )
+    import open_clip
+
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "30")
+    try:
+        return open_clip.download_pretrained(tag_cfg, cache_dir=cache_dir)
+    except Exception as exc:  # noqa: BLE001
+        raise DipclipError(f"download of {model}/{pretrained} failed ({type(exc).__name__}); looked for {looked_for}") from None

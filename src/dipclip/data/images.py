@@ -1,0 +1,155 @@
+"""Decoding images safely and serving them to a DataLoader.
+
+Every image becomes 8-bit RGB: palette and RGBA/LA images are composited on white, greyscale (including
+16-bit and float) is scaled to 8 bits and expanded. A missing or undecodable file raises
+:class:`DipclipError` naming it; with ``skip_bad_images`` the dataset yields a :class:`BadImage` marker
+instead, :func:`collate_skipping_bad` drops it and the batch's ``skipped`` lists the paths so the trainer
+can count and report them. Images above :data:`MAX_IMAGE_PIXELS` are refused before they are decoded.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import DipclipError
+from .types import Datum
+
+# Pillow's own default bomb limit is ~89 Mpx (a warning) and twice that an error; we refuse anything
+# above this many pixels with a clear message instead of risking tens of GB of RAM.
+MAX_IMAGE_PIXELS = 120_000_000
+
+
+def load_rgb(path: str) -> Image.Image:
+    """Open an image as RGB; RGBA/LA/palette images are composited on white, greyscale is expanded."""
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns from ~89 Mpx; our own limit below decides, so that the threshold is one number.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > MAX_IMAGE_PIXELS:
+                    raise DipclipError(
+                        f"image {path} is {w}x{h} ({w * h / 1e6:.0f} Mpx), above the {MAX_IMAGE_PIXELS / 1e6:.0f} Mpx "
+                        "safety limit; downscale it or remove it from the split"
+                    )
+                img.load()
+                return to_rgb(img)
+    except DipclipError:
+        raise
+    except FileNotFoundError:
+        raise DipclipError(f"image not found: {path}; check --data or run `dipclip doctor`") from None
+    except IsADirectoryError:
+        raise DipclipError(f"image path {path} is a folder; fix the split file or run `dipclip doctor`") from None
+    except Image.DecompressionBombError as exc:
+        raise DipclipError(f"image {path} refused as a decompression bomb ({exc}); downscale it") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise DipclipError(
+            f"cannot decode image {path} ({exc}); replace the file or pass --skip-bad-images"
+        ) from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """``img`` as 8-bit RGB (see the module docstring for how each mode is converted)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I") or img.mode == "F":
+        img = _high_depth_to_l(img)
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return img.convert("RGB")
+
+
+def _high_depth_to_l(img: Image.Image) -> Image.Image:
+    """16/32-bit integer or float greyscale to 8 bits by scaling (Pillow's own conversion clips at 255)."""
+    arr = np.asarray(img, dtype=np.float64)
+    if img.mode.startswith("I;16"):
+        top = 65535.0
+    else:
+        top = float(arr.max()) if arr.size and arr.max() > 255 else 255.0
+    arr = np.clip(np.nan_to_num(arr) * (255.0 / top), 0, 255)
+    return Image.fromarray(arr.round().astype(np.uint8))  # 2-D uint8 -> mode "L"
+
+
+@dataclass(frozen=True)
+class BadImage:
+    """What :class:`ImageDataset` yields for an image it skipped: which file and why."""
+
+    index: int
+    path: str
+    reason: str
+
+    def __bool__(self) -> bool:
+        return False
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """(image tensor, label, index) for a list of items.
+
+    With ``skip_bad_images`` a file that cannot be decoded yields a falsy :class:`BadImage`, which
+    :func:`collate_skipping_bad` drops (its path goes to the batch's ``skipped``). ``bad_paths`` collects
+    them too, in the process that decoded them (the main process when ``num_workers=0``).
+    """
+
+    def __init__(self, items: Sequence[Datum], transform: Callable, skip_bad_images: bool = False):
+        self.items = list(items)
+        self.transform = transform
+        self.skip_bad_images = skip_bad_images
+        self.bad_paths: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        item = self.items[index]
+        try:
+            image = load_rgb(item.path)
+        except DipclipError as exc:
+            if self.skip_bad_images:
+                self.bad_paths.append(item.path)
+                return BadImage(index, item.path, str(exc))
+            raise
+        return self.transform(image), item.label, index
+
+
+class Batch(tuple):
+    """``(images, labels, indices)``, unpackable as a plain tuple, plus ``skipped``: paths dropped from it."""
+
+    skipped: tuple[str, ...]
+
+    def __new__(cls, images, labels, indices, skipped: Sequence[str] = ()):
+        self = super().__new__(cls, (images, labels, indices))
+        self.skipped = tuple(skipped)
+        return self
+
+    def __reduce__(self):  # survives the trip from DataLoader workers
+        return (Batch, (self[0], self[1], self[2], self.skipped))
+
+    def pin_memory(self, device=None) -> Batch:
+        """DataLoader calls this with ``pin_memory=True``; keeps ``skipped``."""
+        return Batch(*(t.pin_memory() for t in self), skipped=self.skipped)
+
+    def to(self, *args, **kwargs) -> Batch:
+        return Batch(*(t.to(*args, **kwargs) for t in self), skipped=self.skipped)
+
+
+def collate_skipping_bad(batch) -> Batch | None:
+    """Stack the good items of ``batch``; ``None`` when every item was skipped."""
+    good = [b for b in batch if b is not None and not isinstance(b, BadImage)]
+    skipped = [b.path for b in batch if isinstance(b, BadImage)]
+    if not good:
+        return None
+    images = torch.stack([b[0] for b in good])
+    labels = torch.tensor([b[1] for b in good], dtype=torch.long)
+    indices = torch.tensor([b[2] for b in good], dtype=torch.long)
+    return Batch(images, labels, indices, skipped=skipped)

@@ -1,0 +1,50 @@
+"""Information Density (ID) of a matrix, the quantity the DIP paper links to new-class accuracy.
+
+``ID_k(M) = (s_1 + ... + s_k) / (s_1 + ... + s_m)``, with ``s`` the singular values of ``M`` in decreasing
+order and ``m = min(rows, cols)``. ID_k is 1 when M has rank <= k and ``k/m`` when all directions carry the
+same weight. The ``energy`` form uses squared singular values (the share of the Frobenius norm).
+A stack of class-specific contexts ``[C, n, d]`` is measured as one ``[C*n, d]`` matrix.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import DipclipError
+
+
+def information_density(matrix: torch.Tensor, k: int = 1, energy: bool = False) -> torch.Tensor:
+    """Differentiable ID_k (``torch.linalg.svdvals`` has gradients), so it can also be a loss term.
+
+    Returns NaN for an all-zero matrix, whose density is undefined (e.g. the update at step 0).
+    """
+    if matrix.dim() > 2:
+        matrix = matrix.reshape(-1, matrix.shape[-1])
+    if matrix.dim() != 2:
+        raise DipclipError(f"information density needs a matrix, got a tensor of shape {tuple(matrix.shape)}")
+    m = min(matrix.shape)
+    if not 1 <= k <= m:
+        raise DipclipError(f"ID_k needs 1 <= k <= min(rows, cols) = {m}, got k = {k}")
+    values = torch.linalg.svdvals(matrix.float())
+    if energy:
+        values = values.square()
+    total = values.sum()
+    if float(total) <= 0.0:
+        return torch.tensor(float("nan"))
+    return values[:k].sum() / total
+
+
+def density_report(prompt: torch.Tensor, initial: torch.Tensor, k: int = 1, energy: bool = False) -> dict:
+    """ID of the prompt and of its learned update ``P - P_init`` (None where undefined), as plain floats."""
+
+    def as_float(value: torch.Tensor) -> float | None:
+        value = float(value)
+        return None if value != value else round(value, 6)
+
+    with torch.no_grad():
+        return {
+            "k": k,
+            "energy": energy,
+            "id_prompt": as_float(information_density(prompt, k, energy)),
+            "id_update": as_float(information_density(prompt - initial, k, energy)),
+        }

@@ -1,0 +1,65 @@
+"""Evaluation: class text features once per (prompt, class list), then one pass over the images."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..backbones.loading import Backbone
+from ..data.images import ImageDataset, collate_skipping_bad
+from ..data.transforms import test_transform
+from ..data.types import Datum
+
+
+def image_loader(backbone: Backbone, items: Sequence[Datum], batch_size: int, workers: int,
+                 skip_bad_images: bool = False, train: bool = False, generator: torch.Generator | None = None):
+    from ..data.transforms import train_transform
+
+    make = train_transform if train else test_transform
+    transform = make(backbone.image_size, backbone.mean, backbone.std)
+    dataset = ImageDataset(items, transform, skip_bad_images=skip_bad_images)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=train, num_workers=workers, generator=generator,
+        drop_last=train and len(dataset) >= batch_size, collate_fn=collate_skipping_bad,
+        pin_memory=backbone.device.type == "cuda",
+    )
+
+
+@torch.no_grad()
+def encode_items(backbone: Backbone, items: Sequence[Datum], batch_size: int = 64, workers: int = 0,
+                 skip_bad_images: bool = False, desc: str = "encode") -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(normalised image features [N, D], labels [N], number of skipped bad images)."""
+    loader = image_loader(backbone, items, batch_size, workers, skip_bad_images)
+    features, labels, seen = [], [], 0
+    for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+        if batch is None:
+            continue
+        images, batch_labels, _ = batch
+        features.append(backbone.encode_images(images.to(backbone.device, non_blocking=True)))
+        labels.append(batch_labels)
+        seen += len(batch_labels)
+    if not features:
+        return torch.empty(0, backbone.text.output_dim), torch.empty(0, dtype=torch.long), len(items)
+    return torch.cat(features), torch.cat(labels), len(items) - seen
+
+
+@torch.no_grad()
+def accuracy_from_features(image_features: torch.Tensor, labels: torch.Tensor, text_features: torch.Tensor) -> dict:
+    """Top-1 accuracy in percent (rounded to 4 decimals), as published tables report it."""
+    if len(labels) == 0:
+        return {"accuracy": 0.0, "n": 0}
+    predictions = (image_features.to(text_features.device) @ text_features.t()).argmax(dim=-1).cpu()
+    correct = int((predictions == labels).sum())
+    return {"accuracy": round(100.0 * correct / len(labels), 4), "n": int(len(labels)), "correct": correct}
+
+
+def evaluate_items(backbone: Backbone, text_features: torch.Tensor, items: Sequence[Datum], batch_size: int = 64,
+                   workers: int = 0, skip_bad_images: bool = False, desc: str = "eval") -> dict:
+    features, labels, skipped = encode_items(backbone, items, batch_size, workers, skip_bad_images, desc)
+    result = accuracy_from_features(features, labels, text_features)
+    if skipped:
+        result["skipped_bad_images"] = skipped
+    return result

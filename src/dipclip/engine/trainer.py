@@ -1,0 +1,202 @@
+"""The one trainer. A method contributes its prompt (through the model) and optionally an extra loss.
+
+Each epoch re-seeds python/numpy/torch from (seed, epoch), so a run resumed from its last epoch checkpoint
+draws the same batches, augmentations and dropout masks as an uninterrupted run and ends with the same
+numbers. The frozen image tower runs under ``no_grad``: only the learned context gets gradients.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data.types import Datum
+from ..density import density_report
+from ..errors import DipclipError
+from ..methods.base import OptimConfig, PromptCLIP, PromptMethod
+from .evaluate import image_loader
+from .reproducibility import atomic_torch_save, epoch_seed, seed_everything
+
+CHECKPOINT_NAME = "checkpoint.pt"
+OPTIMIZERS = ("sgd", "adamw")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 32
+    seed: int = 1
+    workers: int = 0
+    density_k: int = 1
+    density_energy: bool = False
+    skip_bad_images: bool = False
+
+    def validate(self) -> TrainConfig:
+        if self.epochs < 1:
+            raise DipclipError(f"--epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise DipclipError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise DipclipError(f"--workers must be >= 0, got {self.workers}")
+        return self
+
+
+def learning_rate(optim: OptimConfig, epoch: int, epochs: int) -> float:
+    """Constant warm-up for ``warmup_epochs``, then cosine annealing over all epochs (Dassl's schedule)."""
+    if epoch < optim.warmup_epochs:
+        return optim.warmup_lr
+    return 0.5 * optim.lr * (1.0 + math.cos(math.pi * epoch / epochs))
+
+
+def make_optimizer(params, optim: OptimConfig) -> torch.optim.Optimizer:
+    if optim.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+    if optim.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
+    raise DipclipError(f"unknown optimizer {optim.optimizer!r}; use {' or '.join(OPTIMIZERS)}")
+
+
+def run_fingerprint(payload: dict, items: Sequence[Datum]) -> str:
+    """Identifies what a checkpoint was trained on, so --resume never mixes two different runs."""
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode())
+    for item in items:
+        digest.update(f"{Path(item.path).name}\t{item.label}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+class Trainer:
+    def __init__(self, method: PromptMethod, model: PromptCLIP, optim: OptimConfig, config: TrainConfig,
+                 out_dir: str | Path, progress: bool = True, log: Callable[[str], None] | None = None):
+        self.method = method
+        self.model = model
+        self.optim = optim
+        self.config = config.validate()
+        self.out_dir = Path(out_dir)
+        self.progress = progress
+        self.log = log or (lambda line: tqdm.write(line, file=sys.stderr))
+        self.optimizer = make_optimizer(model.trainable_parameters(), optim)
+        self.epoch_seconds: list[float] = []  # wall time, kept apart from the (bit-reproducible) history
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / CHECKPOINT_NAME
+
+    def _fingerprint(self, items: Sequence[Datum]) -> str:
+        payload = {
+            "method": self.method.name,
+            "prompt": self.model.prompt_cfg.to_dict(),
+            "optim": asdict(self.optim),
+            "train": {k: v for k, v in asdict(self.config).items() if k != "workers"},
+            "backbone": self.model.backbone.identity,
+            "classes": self.model.classnames,
+        }
+        return run_fingerprint(payload, items)
+
+    def _restore(self, fingerprint: str) -> tuple[int, list[dict]]:
+        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        if state.get("fingerprint") != fingerprint:
+            raise DipclipError(
+                f"{self.checkpoint_path} belongs to a run with other settings or data; use another --out "
+                "or drop --resume to start over there"
+            )
+        self.model.context.load_state_dict(state["context"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        return int(state["epoch"]), list(state["history"])
+
+    def fit(self, items: Sequence[Datum], resume: bool = False) -> list[dict]:
+        """Train for the configured epochs; returns the per-epoch history."""
+        if not items:
+            raise DipclipError("the training split is empty; check the dataset and --shots")
+        cfg = self.config
+        fingerprint = self._fingerprint(items)
+        start, history = 0, []
+        if self.checkpoint_path.exists():
+            if not resume:
+                raise DipclipError(
+                    f"{self.out_dir} already holds a run ({CHECKPOINT_NAME}); pass --resume to continue it or "
+                    "choose another --out"
+                )
+            start, history = self._restore(fingerprint)
+            if start:
+                self.log(f"resuming from epoch {start}/{cfg.epochs} ({self.checkpoint_path})")
+        device = self.model.backbone.device
+        for epoch in range(start, cfg.epochs):
+            generator = seed_everything(epoch_seed(cfg.seed, epoch))
+            lr = learning_rate(self.optim, epoch, cfg.epochs)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            loader = image_loader(self.model.backbone, items, cfg.batch_size, cfg.workers, cfg.skip_bad_images,
+                                  train=True, generator=generator)
+            self.model.context.train()
+            total_loss, correct, seen, began = 0.0, 0, 0, time.perf_counter()
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not self.progress,
+                       dynamic_ncols=True)
+            for batch in bar:
+                if batch is None:
+                    continue
+                images, labels, _ = batch
+                labels = labels.to(device)
+                image_features = self.model.backbone.encode_images(images.to(device, non_blocking=True))
+                loss, logits = self.step_loss(image_features, labels)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                total_loss += float(loss.detach()) * len(labels)
+                correct += int((logits.argmax(dim=-1) == labels).sum())
+                seen += len(labels)
+                bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+            self.model.context.eval()
+            record = self._epoch_record(epoch, lr, total_loss, correct, seen)
+            history.append(record)
+            seconds = time.perf_counter() - began
+            self.epoch_seconds.append(round(seconds, 3))
+            self.log(self._format(record, cfg.epochs, seconds))
+            atomic_torch_save(self.checkpoint_path, {
+                "epoch": epoch + 1,
+                "context": self.model.context.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "history": history,
+                "fingerprint": fingerprint,
+            })
+        return history
+
+    def step_loss(self, image_features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model.logits(image_features)
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        extra = self.method.extra_loss(self.model, image_features, logits, labels)
+        if extra is not None:
+            loss = loss + extra
+        return loss, logits
+
+    def _epoch_record(self, epoch: int, lr: float, total_loss: float, correct: int, seen: int) -> dict:
+        context = self.model.context
+        density = density_report(context.merged(), context.initial, self.config.density_k, self.config.density_energy)
+        return {
+            "epoch": epoch + 1,
+            "loss": round(total_loss / max(seen, 1), 6),
+            "train_accuracy": round(100.0 * correct / max(seen, 1), 4),
+            "id_prompt": density["id_prompt"],
+            "id_update": density["id_update"],
+            "lr": float(f"{lr:.8g}"),
+            "images": seen,
+        }
+
+    @staticmethod
+    def _format(record: dict, epochs: int, seconds: float) -> str:
+        def fmt(value):
+            return "n/a" if value is None else f"{value:.4f}"
+
+        return (
+            f"epoch {record['epoch']}/{epochs}  loss {record['loss']:.4f}  acc {record['train_accuracy']:.2f}%  "
+            f"ID(P) {fmt(record['id_prompt'])}  ID(dP) {fmt(record['id_update'])}  lr {record['lr']:.2e}  "
+            f"({seconds:.1f}s)"
+        )

@@ -1,0 +1,10 @@
+"""User-facing errors.
+
+Everything a user can cause (a bad path, an unknown option value, an incompatible adapter) raises
+:class:`DipclipError` with a one-line message that says what is wrong and how to fix it. The CLI prints
+that line and exits non-zero; library users can catch it.
+"""
+
+
+class DipclipError(Exception):
+    """A problem with the user's input, reported as one line without a traceback."""

@@ -1,0 +1,160 @@
+"""What a prompt method is: a context parameterisation spliced into class prompts, plus an optional loss.
+
+The trainer knows only :class:`PromptMethod`; a method file declares its defaults and, if it has one, its
+extra loss. Nothing here copies the training loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import torch
+from torch import nn
+
+from ..backbones.loading import Backbone
+from ..errors import DipclipError
+from ..prompts import CLASS_POSITIONS, DIP_INITS, ClassPrompts, FullRankContext, LowRankContext
+
+PARAMETERIZATIONS = ("full", "dip")
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """How the learned context is shaped. Every field is recorded in adapters and ``metrics.json``."""
+
+    n_ctx: int = 4
+    init_text: str | None = "a photo of a"  # None: random N(0, 0.02) context, as CoOp's generic init
+    class_position: str = "end"
+    class_specific: bool = False
+    parameterization: str = "full"  # "full" (CoOp) or "dip" (P0 + Dropout(A @ B))
+    rank: int = 1
+    dip_init: str = "zero-delta"
+    dip_dropout: float = 0.1
+    init_seed: int = 0  # for random contexts and DIP's random factor: part of the adapter, so P0 is rebuilt exactly
+
+    def validate(self) -> PromptConfig:
+        if self.n_ctx < 1:
+            raise DipclipError(f"n_ctx must be >= 1, got {self.n_ctx}")
+        if self.class_position not in CLASS_POSITIONS:
+            raise DipclipError(f"unknown class position {self.class_position!r}; use {', '.join(CLASS_POSITIONS)}")
+        if self.parameterization not in PARAMETERIZATIONS:
+            raise DipclipError(f"unknown prompt parameterisation {self.parameterization!r}; use full or dip")
+        if self.dip_init not in DIP_INITS:
+            raise DipclipError(f"unknown DIP init {self.dip_init!r}; use {' or '.join(DIP_INITS)}")
+        if not 0.0 <= self.dip_dropout < 1.0:
+            raise DipclipError(f"DIP dropout must be in [0, 1), got {self.dip_dropout}")
+        if self.rank < 1 or self.rank > self.n_ctx:
+            raise DipclipError(f"DIP rank must be between 1 and n_ctx ({self.n_ctx}), got {self.rank}")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def context_init(backbone: Backbone, cfg: PromptConfig, n_classes: int) -> torch.Tensor:
+    """The starting context: the init text's word embeddings (n_ctx = its token count), or N(0, 0.02)."""
+    width = backbone.text.width
+    if cfg.init_text:
+        ids = backbone.tokenize([cfg.init_text])
+        n_tokens = len(backbone.tokenizer.encode(cfg.init_text))
+        if n_tokens != cfg.n_ctx:
+            raise DipclipError(
+                f"init text {cfg.init_text!r} has {n_tokens} tokens but n_ctx is {cfg.n_ctx}; "
+                f"pass --n-ctx {n_tokens} or another init text"
+            )
+        with torch.no_grad():
+            init = backbone.text.embed_tokens(ids)[0, 1 : 1 + cfg.n_ctx].clone()
+    else:
+        generator = torch.Generator().manual_seed(cfg.init_seed)
+        init = torch.randn(cfg.n_ctx, width, generator=generator) * 0.02
+        init = init.to(backbone.device)
+    if cfg.class_specific:
+        init = init.unsqueeze(0).repeat(n_classes, 1, 1)
+    return init
+
+
+def build_context(backbone: Backbone, cfg: PromptConfig, n_classes: int) -> nn.Module:
+    init = context_init(backbone, cfg, n_classes)
+    if cfg.parameterization == "full":
+        return FullRankContext(init)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.init_seed)
+        context = LowRankContext(init.cpu(), rank=cfg.rank, init_mode=cfg.dip_init, dropout=cfg.dip_dropout)
+    return context.to(backbone.device)
+
+
+class PromptCLIP(nn.Module):
+    """CLIP whose class text features come from a learned context (CoOp's CustomCLIP)."""
+
+    def __init__(self, backbone: Backbone, classnames: list[str], prompt_cfg: PromptConfig):
+        super().__init__()
+        self.prompt_cfg = prompt_cfg.validate()
+        self.backbone = backbone
+        self.context = build_context(backbone, prompt_cfg, len(classnames))
+        self.class_prompts = ClassPrompts(backbone, classnames, prompt_cfg.n_ctx, prompt_cfg.class_position)
+
+    @property
+    def classnames(self) -> list[str]:
+        return self.class_prompts.classnames
+
+    def set_classnames(self, classnames: list[str]) -> None:
+        """Point the learned context at another class list (e.g. the new classes of base-to-new)."""
+        if self.prompt_cfg.class_specific and len(classnames) != self.class_prompts.num_classes:
+            raise DipclipError(
+                "a class-specific context cannot be applied to a different class list; "
+                "use a shared context (no --class-specific) to evaluate on new classes"
+            )
+        self.class_prompts = ClassPrompts(self.backbone, classnames, self.prompt_cfg.n_ctx, self.prompt_cfg.class_position)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.context.parameters() if p.requires_grad]
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.trainable_parameters())
+
+    def text_features(self, merged: bool = False) -> torch.Tensor:
+        """Normalised class text features [C, D]; ``merged`` uses the inference prompt (no dropout)."""
+        ctx = self.context.merged() if merged else self.context()
+        return nn.functional.normalize(self.class_prompts(ctx).float(), dim=-1)
+
+    def logits(self, image_features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
+        if text_features is None:
+            text_features = self.text_features()
+        return self.backbone.logit_scale * image_features @ text_features.t()
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """The peers' recipe by default: SGD, 1 warm-up epoch at a constant 1e-5, then cosine."""
+
+    optimizer: str = "sgd"
+    lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
+
+
+class PromptMethod:
+    """Base of every learned-prompt method. Subclasses set ``name``, defaults and optionally ``extra_loss``."""
+
+    name: str = ""
+    summary: str = ""
+    prompt_defaults: PromptConfig = PromptConfig()
+    optim_defaults: OptimConfig = OptimConfig()
+
+    def prompt_config(self, **overrides) -> PromptConfig:
+        clean = {k: v for k, v in overrides.items() if v is not None}
+        return replace(self.prompt_defaults, **clean).validate()
+
+    def optim_config(self, **overrides) -> OptimConfig:
+        clean = {k: v for k, v in overrides.items() if v is not None}
+        return replace(self.optim_defaults, **clean)
+
+    def build(self, backbone: Backbone, classnames: list[str], prompt_cfg: PromptConfig) -> PromptCLIP:
+        return PromptCLIP(backbone, classnames, prompt_cfg)
+
+    def extra_loss(self, model: PromptCLIP, image_features: torch.Tensor, logits: torch.Tensor,
+                   labels: torch.Tensor) -> torch.Tensor | None:
+        """A method-specific term added to the cross-entropy; none by default."""
+        return None

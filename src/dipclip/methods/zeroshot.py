@@ -1,0 +1,45 @@
+"""Zero-shot CLIP: class text features from hand-written templates (one, or an averaged ensemble)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..backbones.loading import Backbone
+from ..errors import DipclipError
+from ..prompts.class_prompts import clean_classname
+
+# The seven templates Tip-Adapter and CoOp's follow-ups ensemble on ImageNet (CLIP's "best 7").
+ENSEMBLE_TEMPLATES = (
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+)
+
+
+@torch.no_grad()
+def zeroshot_text_features(backbone: Backbone, classnames: Sequence[str], templates: Sequence[str],
+                           chunk_size: int = 256) -> torch.Tensor:
+    """Normalised [C, D] features; with several templates, the renormalised mean of their features."""
+    if not classnames:
+        raise DipclipError("the class list is empty; give at least one class name")
+    bad = [t for t in templates if "{}" not in t]
+    if not templates or bad:
+        raise DipclipError(f"templates must contain '{{}}' where the class name goes, got {bad or 'none'}")
+    names = [clean_classname(c) for c in classnames]
+    total = None
+    for template in templates:
+        sentences = [template.format(name) for name in names]
+        parts = [
+            backbone.text.encode_token_ids(backbone.tokenize(sentences[i : i + chunk_size])).float()
+            for i in range(0, len(sentences), chunk_size)
+        ]
+        features = nn.functional.normalize(torch.cat(parts), dim=-1)
+        total = features if total is None else total + features
+    return nn.functional.normalize(total, dim=-1)
