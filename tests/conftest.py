@@ -26,3 +26,35 @@ def tiny_backbone(tiny_config_path):
     from dipclip.backbones.loading import load_backbone
 
     return load_backbone(str(tiny_config_path), "none", device="cpu")
+
+
+CLASSES = ("red apple", "green leaf", "blue sky")
+COLORS = ((200, 30, 30), (30, 190, 40), (40, 60, 210))
+
+
+def make_image_tree(root: Path, per_class: dict[str, int], size: int = 24, seed: int = 0) -> Path:
+    """``root/<split>/<class>/<i>.png``: colour-coded noisy images, so a tiny model can learn something."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, count in per_class.items():
+        for name, color in zip(CLASSES, COLORS, strict=True):
+            folder = root / split / name.replace(" ", "_")
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = np.clip(np.array(color) + rng.normal(0, 40, (size, size, 3)), 0, 255).astype("uint8")
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_tree(tmp_path_factory) -> Path:
+    return make_image_tree(tmp_path_factory.mktemp("imagefolder"), {"train": 6, "test": 4})
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Few-shot and feature caches go to a per-test folder, never to the user's home."""
+    monkeypatch.setenv("DIPCLIP_CACHE_DIR", str(tmp_path / "dipclip-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")

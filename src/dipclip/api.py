@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -106,9 +106,9 @@ def train(
                             dip_init=dip_init, dip_dropout=dip_dropout, init_text=init_text)
     if init_text and n_ctx is None:
         prompt_overrides["n_ctx"] = len(backbone.tokenizer.encode(init_text))  # CoOp: n_ctx follows the init
-    prompt_cfg = prompt_method.prompt_config(**prompt_overrides)
     if random_init:
-        prompt_cfg = replace(prompt_cfg, init_text=None)
+        prompt_overrides["init_text"] = ""
+    prompt_cfg = prompt_method.prompt_config(**prompt_overrides)
     optim_cfg = prompt_method.optim_config(optimizer=optimizer, lr=lr)
     train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, workers=workers, density_k=density_k,
                             skip_bad_images=skip_bad_images).validate()

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import socket
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -215,13 +216,17 @@ def _from_config_file(path: str, pretrained: str):
 
 def _from_weights_file(model: str | None, pretrained: str):
     import open_clip
+    from open_clip.model import build_model_from_openai_state_dict
 
     path = str(Path(pretrained).expanduser())
     identity = f"sha256:{file_sha256(path)}"
     if model is None or _is_openai_file(path):
+        state = _read_openai_checkpoint(path, pretrained)
         try:
-            clip_model = open_clip.load_openai_model(path, precision="fp32", device="cpu")
-        except Exception as exc:  # noqa: BLE001 - any failure means "not an OpenAI checkpoint"
+            clip_model = build_model_from_openai_state_dict(dict(state), quick_gelu=True, cast_dtype=None)
+            # open_clip loads through fp16 parameters; reload in fp32 so fp32 checkpoints stay exact.
+            clip_model.float().load_state_dict({k: v.float() for k, v in state.items()})
+        except (KeyError, RuntimeError, ValueError) as exc:
             raise DipclipError(
                 f"{pretrained} is not an OpenAI CLIP checkpoint ({type(exc).__name__}: {str(exc)[:120]}); for an "
                 "open_clip checkpoint also pass --model NAME"
@@ -245,6 +250,23 @@ def _from_weights_file(model: str | None, pretrained: str):
     except RuntimeError as exc:
         raise DipclipError(f"cannot load {pretrained} into {model}: {str(exc).splitlines()[0]}") from None
     return clip_model, open_clip.get_tokenizer(model), identity, model
+
+
+def _read_openai_checkpoint(path: str, shown: str) -> dict:
+    """State dict of an OpenAI checkpoint: a TorchScript archive (as `clip.load` downloads) or a plain dict."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
+            state = torch.jit.load(path, map_location="cpu").state_dict()
+    except RuntimeError:
+        state = _read_state_dict(path)
+    # Not weights: the causal mask some exports keep as a buffer, and the metadata OpenAI stores as tensors.
+    for key in ("attn_mask", "input_resolution", "context_length", "vocab_size"):
+        state.pop(key, None)
+    if "visual.proj" not in state and "visual.attnpool.positional_embedding" not in state:
+        raise DipclipError(f"{shown} is not an OpenAI CLIP checkpoint (no visual.proj or visual.attnpool weights); "
+                           "for an open_clip checkpoint also pass --model NAME")
+    return dict(state)
 
 
 def _is_openai_file(path: str) -> bool:

@@ -144,8 +144,12 @@ class PromptMethod:
     optim_defaults: OptimConfig = OptimConfig()
 
     def prompt_config(self, **overrides) -> PromptConfig:
+        """Defaults with the given overrides; ``None`` keeps a default, ``init_text=""`` asks for a random init."""
         clean = {k: v for k, v in overrides.items() if v is not None}
-        return replace(self.prompt_defaults, **clean).validate()
+        cfg = replace(self.prompt_defaults, **clean)
+        if cfg.init_text == "":
+            cfg = replace(cfg, init_text=None)
+        return cfg.validate()
 
     def optim_config(self, **overrides) -> OptimConfig:
         clean = {k: v for k, v in overrides.items() if v is not None}
