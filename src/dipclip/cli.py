@@ -232,7 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(func=cmd_export)
 
     from .cli_data import add_data_commands
+    from .cli_protocols import add_protocol_commands
 
+    add_protocol_commands(sub)
     add_data_commands(sub)
     return parser
 

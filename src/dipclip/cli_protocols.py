@@ -1,0 +1,77 @@
+"""The protocol commands of the ``dipclip`` CLI: ``base2new``, ``fewshot``, ``xd`` and ``dg``."""
+
+from __future__ import annotations
+
+import argparse
+
+FORMATTER = argparse.RawDescriptionHelpFormatter
+
+DESCRIPTIONS = {
+    "base2new": ("train on the base half of the classes, test on base and new",
+                 "Base-to-new generalisation: for each dataset x method x seed, train on the base half of the\n"
+                 "classes (16 shots) and test the prompt on the base and on the new classes; HM = 2BN/(B+N)."),
+    "fewshot": ("accuracy vs shots (1, 2, 4, 8, 16) on all classes",
+                "Few-shot learning: for each dataset x shots x method x seed, train on all classes and test."),
+    "xd": ("train on ImageNet, test on the other 10 datasets",
+           "Cross-dataset transfer: train on ImageNet (all 1000 classes, 16 shots) once per method x seed,\n"
+           "then evaluate that prompt on the full test split of each target dataset."),
+    "dg": ("train on ImageNet, test on ImageNet-V2/-Sketch/-A/-R",
+           "Domain generalisation: train on ImageNet (16 shots) once per method x seed, then evaluate on\n"
+           "ImageNet-V2, -Sketch, -A and -R (A and R: a classifier over their 200 classes only)."),
+}
+DEFAULT_SHOTS = {"base2new": [16], "fewshot": [1, 2, 4, 8, 16], "xd": [16], "dg": [16]}
+
+
+def add_protocol_commands(subparsers) -> None:
+    from .cli import non_negative_int, positive_int
+
+    for protocol, (short, description) in DESCRIPTIONS.items():
+        parser = subparsers.add_parser(
+            protocol, formatter_class=FORMATTER, help=short,
+            description=description + "\n\nRuns go to OUT/{protocol}/{dataset}/shots_{K}/{method}/seed{S}/ with a\n"
+            "metrics.json each; finished runs are skipped and interrupted ones resume, so rerunning the same\n"
+            "command continues a sweep. The table (mean ± std over seeds, per dataset and the average row) is\n"
+            "written to OUT/{protocol}/summary.md, .csv and .json. Epochs follow the published schedule\n"
+            "(CoOp's: 200 at 8-16 shots, 100 at 2-4, 50 at 1 shot and on ImageNet) unless --epochs is given.",
+            epilog="examples:\n"
+                   f"  dipclip {protocol} --model ViT-B-16 --pretrained openai --data ~/data --datasets all\n"
+                   f"  dipclip {protocol} --pretrained ~/.cache/clip/ViT-B-16.pt --data ~/data "
+                   f"--datasets {'imagenet_a imagenet_r' if protocol == 'dg' else 'dtd eurosat'} "
+                   "--methods coop dip --seeds 1 2 3 --out runs\n",
+        )
+        parser.add_argument("--data", required=True, metavar="ROOT", help="folder holding the dataset folders")
+        parser.add_argument("--datasets", nargs="+", default=["all"], metavar="KEY",
+                            help="dataset keys, or 'all' for the protocol's published list (default)" +
+                                 ("; these are the targets, the source is imagenet" if protocol in ("xd", "dg") else ""))
+        parser.add_argument("--methods", nargs="+", default=["zeroshot", "coop", "dip"], metavar="METHOD",
+                            help="zeroshot and/or prompt methods (default: zeroshot coop dip)")
+        parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="default: 1 2 3")
+        parser.add_argument("--shots", nargs="+", type=positive_int, default=DEFAULT_SHOTS[protocol],
+                            help=f"default: {' '.join(map(str, DEFAULT_SHOTS[protocol]))}")
+        parser.add_argument("--epochs", type=positive_int, default=None, help="override the published schedule")
+        parser.add_argument("--batch-size", type=positive_int, default=None, help="default 32")
+        parser.add_argument("--optimizer", choices=("sgd", "adamw"), default=None)
+        parser.add_argument("--lr", type=float, default=None)
+        parser.add_argument("--workers", type=non_negative_int, default=0)
+        parser.add_argument("--model", default=None, metavar="NAME|CONFIG.json")
+        parser.add_argument("--pretrained", default="none", metavar="TAG|FILE")
+        parser.add_argument("--device", default="auto")
+        parser.add_argument("--out", default="runs", metavar="DIR", help="default: runs")
+        parser.add_argument("--quiet", action="store_true", help="no progress bars")
+        parser.set_defaults(func=cmd_protocol, protocol=protocol)
+
+
+def cmd_protocol(args) -> int:
+    from .engine.protocols import ProtocolConfig, ProtocolRunner, resolve_datasets
+
+    options = {k: v for k, v in {"batch_size": args.batch_size, "optimizer": args.optimizer, "lr": args.lr,
+                                 "workers": args.workers}.items() if v is not None}
+    config = ProtocolConfig(
+        protocol=args.protocol, data=args.data, datasets=resolve_datasets(args.protocol, args.datasets),
+        methods=args.methods, seeds=args.seeds, shots=args.shots, out=args.out, model=args.model,
+        pretrained=args.pretrained, device=args.device, epochs=args.epochs, train_options=options,
+        progress=not args.quiet,
+    )
+    ProtocolRunner(config).run()
+    print((ProtocolRunner(config).root / "summary.md").read_text())
+    return 0
