@@ -84,6 +84,9 @@ def train(
     rank: int | None = None,
     dip_init: str | None = None,
     dip_dropout: float | None = None,
+    lambda_do: float | None = None,
+    lambda_pp: float | None = None,
+    id_k: int | None = None,
     density_k: int = 1,
     device: str = "auto",
     workers: int = 0,
@@ -103,7 +106,8 @@ def train(
     prompt_method = get_method(method)
     backbone = backbone or load_backbone(model, pretrained, device=device)
     prompt_overrides = dict(n_ctx=n_ctx, class_position=class_position, class_specific=class_specific, rank=rank,
-                            dip_init=dip_init, dip_dropout=dip_dropout, init_text=init_text)
+                            dip_init=dip_init, dip_dropout=dip_dropout, init_text=init_text,
+                            lambda_do=lambda_do, lambda_pp=lambda_pp, id_k=id_k)
     if init_text and n_ctx is None:
         prompt_overrides["n_ctx"] = len(backbone.tokenizer.encode(init_text))  # CoOp: n_ctx follows the init
     if random_init:

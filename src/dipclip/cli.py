@@ -145,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="DIP initialisation (default zero-delta)")
     prompt.add_argument("--dip-dropout", type=probability, default=None, help="dropout on A @ B (default 0.1)")
     prompt.add_argument("--density-k", type=positive_int, default=1, help="k of the ID_k logged per epoch")
+    prompt.add_argument("--lambda-do", type=float, default=None,
+                        help="Direct Optimisation: subtract lambda * ID_k(P) from the loss (default 0, off)")
+    prompt.add_argument("--lambda-pp", type=float, default=None,
+                        help="Positional Penalty on the tail singular values of P (default 0, off)")
+    prompt.add_argument("--id-k", type=positive_int, default=None, help="k of both ID levers (default 1)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     _out_arg(train, "runs/train")
     train.set_defaults(func=cmd_train)
@@ -248,6 +253,7 @@ def cmd_train(args) -> int:
         optimizer=args.optimizer, lr=args.lr, n_ctx=args.n_ctx, init_text=args.init_text,
         random_init=args.random_init, class_position=args.class_position, class_specific=args.class_specific,
         rank=args.rank, dip_init=args.dip_init, dip_dropout=args.dip_dropout, density_k=args.density_k,
+        lambda_do=args.lambda_do, lambda_pp=args.lambda_pp, id_k=args.id_k,
         device=args.device, workers=args.workers, skip_bad_images=args.skip_bad_images, out=args.out,
         resume=args.resume, progress=not args.quiet,
     )

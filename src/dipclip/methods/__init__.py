@@ -4,8 +4,9 @@ from ..errors import DipclipError
 from .base import OptimConfig, PromptCLIP, PromptConfig, PromptMethod
 from .coop import CoOp
 from .dip import DIP
+from .kgcoop import KgCoOp
 
-METHODS: dict[str, type[PromptMethod]] = {"coop": CoOp, "dip": DIP}
+METHODS: dict[str, type[PromptMethod]] = {"coop": CoOp, "dip": DIP, "kgcoop": KgCoOp}
 
 
 def get_method(name: str) -> PromptMethod:

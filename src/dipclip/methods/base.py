@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..backbones.loading import Backbone
+from ..density import information_density
 from ..errors import DipclipError
 from ..prompts import CLASS_POSITIONS, DIP_INITS, ClassPrompts, FullRankContext, LowRankContext
 
@@ -31,6 +32,9 @@ class PromptConfig:
     dip_init: str = "zero-delta"
     dip_dropout: float = 0.1
     init_seed: int = 0  # for random contexts and DIP's random factor: part of the adapter, so P0 is rebuilt exactly
+    lambda_do: float = 0.0  # Direct Optimisation: loss -= lambda_do * ID_k(P)
+    lambda_pp: float = 0.0  # Positional Penalty: loss += lambda_pp * sum_i w_i s_i / sum_i s_i, w_i = (i-1)/(m-1)
+    id_k: int = 1  # the k of both ID levers
 
     def validate(self) -> PromptConfig:
         if self.n_ctx < 1:
@@ -45,6 +49,10 @@ class PromptConfig:
             raise DipclipError(f"DIP dropout must be in [0, 1), got {self.dip_dropout}")
         if self.rank < 1 or self.rank > self.n_ctx:
             raise DipclipError(f"DIP rank must be between 1 and n_ctx ({self.n_ctx}), got {self.rank}")
+        if self.lambda_do < 0 or self.lambda_pp < 0:
+            raise DipclipError("--lambda-do and --lambda-pp must be >= 0")
+        if not 1 <= self.id_k <= self.n_ctx:
+            raise DipclipError(f"--id-k must be between 1 and n_ctx ({self.n_ctx}), got {self.id_k}")
         return self
 
     def to_dict(self) -> dict:
@@ -120,6 +128,7 @@ class PromptCLIP(nn.Module):
     def logits(self, image_features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
         if text_features is None:
             text_features = self.text_features()
+            self.last_text_features = text_features  # the step's features, for losses that need them again
         return self.backbone.logit_scale * image_features @ text_features.t()
 
 
@@ -160,5 +169,23 @@ class PromptMethod:
 
     def extra_loss(self, model: PromptCLIP, image_features: torch.Tensor, logits: torch.Tensor,
                    labels: torch.Tensor) -> torch.Tensor | None:
-        """A method-specific term added to the cross-entropy; none by default."""
+        """Terms added to the cross-entropy: the ID levers (off by default); methods add their own on top."""
+        return density_levers(model)
+
+
+def density_levers(model: PromptCLIP) -> torch.Tensor | None:
+    """Direct Optimisation and Positional Penalty on the prompt matrix (without dropout), for any method."""
+    cfg = model.prompt_cfg
+    if cfg.lambda_do == 0 and cfg.lambda_pp == 0:
         return None
+    matrix = model.context.matrix()
+    matrix = matrix.reshape(-1, matrix.shape[-1])
+    loss = matrix.new_zeros(())
+    if cfg.lambda_do:
+        loss = loss - cfg.lambda_do * information_density(matrix, cfg.id_k)
+    if cfg.lambda_pp:
+        values = torch.linalg.svdvals(matrix.float())
+        m = values.numel()
+        weights = torch.arange(m, dtype=values.dtype, device=values.device) / max(m - 1, 1)
+        loss = loss + cfg.lambda_pp * (weights * values).sum() / values.sum().clamp_min(1e-12)
+    return loss

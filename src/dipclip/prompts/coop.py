@@ -19,6 +19,10 @@ class FullRankContext(nn.Module):
     def forward(self) -> torch.Tensor:
         return self.ctx
 
+    def matrix(self) -> torch.Tensor:
+        """P with gradients (no dropout here): what the ID levers act on."""
+        return self.ctx
+
     @torch.no_grad()
     def merged(self) -> torch.Tensor:
         """The prompt used at inference (here simply P)."""

@@ -51,6 +51,10 @@ class LowRankContext(nn.Module):
     def forward(self) -> torch.Tensor:
         return self.base + self.dropout(self.A @ self.B)
 
+    def matrix(self) -> torch.Tensor:
+        """P0 + A @ B with gradients but without dropout: what the ID levers act on."""
+        return self.base + self.A @ self.B
+
     @torch.no_grad()
     def merged(self) -> torch.Tensor:
         return self.base + self.A @ self.B
