@@ -236,10 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     _out_arg(export, "export")
     export.set_defaults(func=cmd_export)
 
+    from .cli_analysis import add_analysis_commands
     from .cli_data import add_data_commands
     from .cli_protocols import add_protocol_commands
 
     add_protocol_commands(sub)
+    add_analysis_commands(sub)
     add_data_commands(sub)
     return parser
 

@@ -1,0 +1,75 @@
+"""The analysis commands of the ``dipclip`` CLI: ``analyze`` (ID vs accuracy) and ``plot`` (result figures)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .errors import DipclipError
+
+FORMATTER = argparse.RawDescriptionHelpFormatter
+
+
+def add_analysis_commands(subparsers) -> None:
+    analyze = subparsers.add_parser(
+        "analyze", formatter_class=FORMATTER, help="ID_k vs accuracy per epoch, and their Spearman rho",
+        description="For each run folder: plot ID_k of the prompt and of its update per epoch together with the\n"
+                    "accuracies recorded with `train --eval-every E`, and compute Spearman's rho between ID and\n"
+                    "each accuracy over the epochs (the DIP paper's Figure 1). Writes PNG + JSON per run.",
+        epilog="examples:\n"
+               "  dipclip train --method coop ... --subsample base --eval-every 5 --out runs/pets-coop\n"
+               "  dipclip analyze runs/pets-coop runs/pets-dip --out analysis/\n",
+    )
+    analyze.add_argument("runs", nargs="+", help="run folders (the --out of `dipclip train`)")
+    analyze.add_argument("--out", default="analysis", metavar="DIR", help="default: analysis")
+    analyze.set_defaults(func=cmd_analyze)
+
+    plot = subparsers.add_parser(
+        "plot", formatter_class=FORMATTER, help="figures from a protocol's summary.json",
+        description="Draw a protocol's aggregate table: base/new/HM bars per dataset and method (base2new),\n"
+                    "accuracy-vs-shots curves (fewshot), test-accuracy bars (xd, dg). Reads only the stored\n"
+                    "summary.json, never logs.",
+        epilog="examples:\n"
+               "  dipclip plot runs/base2new/summary.json\n"
+               "  dipclip plot runs/fewshot/summary.json --out figures/\n",
+    )
+    plot.add_argument("summary", help="a summary.json written by base2new/fewshot/xd/dg")
+    plot.add_argument("--out", default=None, metavar="DIR", help="default: the summary's folder")
+    plot.set_defaults(func=cmd_plot)
+
+
+def cmd_analyze(args) -> int:
+    from .analysis import analyze_run
+
+    for run in args.runs:
+        report = analyze_run(run, out=args.out)
+        parts = []
+        for name, value in report["spearman"].items():
+            rho = "n/a" if value["rho"] is None else f"{value['rho']:+.3f}"
+            parts.append(f"rho({name}) = {rho} over {value['points']} epochs")
+        rhos = ", ".join(parts) or "no evaluations recorded (train with --eval-every)"
+        print(f"{run}: {report['method']} on {report['dataset']}: {rhos}; plot {report['png']}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from .plots import plot_base_new_bars, plot_fewshot_curves
+
+    path = Path(args.summary)
+    if not path.is_file():
+        raise DipclipError(f"{path} not found; give the summary.json a protocol command wrote")
+    try:
+        summary = json.loads(path.read_text())
+        protocol = summary["protocol"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise DipclipError(f"{path} is not a protocol summary.json") from None
+    out = Path(args.out) if args.out else path.parent
+    if protocol == "fewshot":
+        target = out / "fewshot_curves.png"
+        plot_fewshot_curves(summary, target)
+    else:
+        target = out / f"{protocol}_bars.png"
+        plot_base_new_bars(summary, target)
+    print(f"wrote {target}")
+    return 0
