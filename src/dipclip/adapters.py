@@ -1,7 +1,7 @@
 """Adapters as PEFT lays them out: ``adapter_config.json`` + ``adapter_model.safetensors``.
 
-Only the learned tensors are stored (a rank-1 DIP context at ViT-B/16 is 516 floats, about 2 KB): never the
-frozen class-token embeddings, P0 or optimizer state. P0 and the token layout are rebuilt from the backbone
+Only the learned tensors are stored (a rank-1 DIP context at ViT-B/16 is 516 floats, about 2 KB; CoCoOp adds
+its meta-net): never the frozen class-token embeddings, P0 or optimizer state. P0 and the token layout are rebuilt from the backbone
 and the recorded config, which is why an adapter refuses a backbone other than the one it was trained on.
 """
 
@@ -43,7 +43,7 @@ class Adapter:
 def save_adapter(out_dir: str | Path, method: str, model: PromptCLIP, extra: dict | None = None) -> Path:
     """Write the adapter folder atomically (each file via a temporary name) and return its path."""
     out = Path(out_dir)
-    tensors = {f"context.{name}": p.detach().cpu().contiguous() for name, p in model.context.named_parameters()}
+    tensors = {name: t.cpu().contiguous() for name, t in model.learnable_state().items()}
     config = {
         "format": FORMAT,
         "format_version": 1,
@@ -96,10 +96,6 @@ def model_from_adapter(adapter: Adapter, backbone: Backbone, classnames: list[st
         raise DipclipError("no class names given; pass --classes or --data/--dataset")
     method = get_method(adapter.method)
     model = method.build(backbone, list(classnames), adapter.prompt_config)
-    state = {name.removeprefix("context."): t.to(backbone.device) for name, t in adapter.tensors.items()}
-    try:
-        model.context.load_state_dict(state)
-    except RuntimeError as exc:
-        raise DipclipError(f"adapter tensors do not fit this prompt ({str(exc).splitlines()[0]})") from None
-    model.context.eval()
+    model.load_learnable_state(adapter.tensors)
+    model.eval()
     return model

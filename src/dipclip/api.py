@@ -27,10 +27,11 @@ from .backbones.loading import Backbone, load_backbone
 from .data.types import DatasetSplits
 from .density import density_report, information_density
 from .engine.evaluate import evaluate_items
+from .engine.features import feature_store
 from .engine.reproducibility import atomic_write_bytes, atomic_write_json
 from .engine.trainer import TrainConfig, Trainer
 from .errors import DipclipError
-from .methods import get_method
+from .methods import get_method, with_prompt
 from .methods.zeroshot import ENSEMBLE_TEMPLATES, zeroshot_text_features
 from .paths import cache_root
 
@@ -43,6 +44,7 @@ def load_data(data: str | None, dataset: str | None, shots: int | None = None, s
     from .data.datasets import load_dataset
     from .data.sampling import few_shot_splits, subsample_classes
 
+    data = resolve_data_root(data, dataset)
     if data is None or dataset is None:
         raise DipclipError("give the data as --data ROOT --dataset KEY (see `dipclip data --help`)")
     splits = load_dataset(data, dataset)
@@ -50,6 +52,22 @@ def load_data(data: str | None, dataset: str | None, shots: int | None = None, s
         return subsample_classes(splits, subsample)
     return few_shot_splits(splits, data, dataset, shots, seed, subsample=subsample,
                            cache_dir=cache_root() / "fewshot")
+
+
+def embedded_data_root() -> Path:
+    """The folder holding dipclip's shipped datasets (``--dataset demo`` needs no ``--data``)."""
+    from .backbones.embedded import assets_dir
+
+    return assets_dir()
+
+
+def resolve_data_root(data: str | None, dataset: str | None) -> str | None:
+    """``--data`` as given, or the package's own folder for a shipped dataset."""
+    from .data.registry import EMBEDDED_DATASETS
+
+    if data is None and dataset in EMBEDDED_DATASETS:
+        return str(embedded_data_root())
+    return data
 
 
 def _write_metrics(out: str | Path | None, metrics: dict) -> None:
@@ -84,6 +102,7 @@ def train(
     rank: int | None = None,
     dip_init: str | None = None,
     dip_dropout: float | None = None,
+    prompt: str | None = None,
     lambda_do: float | None = None,
     lambda_pp: float | None = None,
     id_k: int | None = None,
@@ -96,14 +115,20 @@ def train(
     progress: bool = True,
     backbone: Backbone | None = None,
     splits: DatasetSplits | None = None,
+    views: str | int = "fresh",
+    feature_cache: bool = True,
 ) -> dict:
     """Train a prompt, save its adapter under ``out/adapter`` and evaluate it.
 
     With ``subsample="base"`` the prompt trained on the base classes is also evaluated on the new classes
-    (``results["base"]`` and ``results["new"]``); otherwise ``results["test"]``.
+    (``results["base"]`` and ``results["new"]``); otherwise ``results["test"]``. ``views``: ``"fresh"``
+    (a new augmentation of every image every epoch, protocol-exact) or N cached views cycled over the
+    epochs; ``feature_cache=False`` keeps no image features on disk (the numbers are the same).
     """
     began = time.perf_counter()
     prompt_method = get_method(method)
+    if prompt is not None:
+        prompt_method = with_prompt(prompt_method, prompt)
     backbone = backbone or load_backbone(model, pretrained, device=device)
     prompt_overrides = dict(n_ctx=n_ctx, class_position=class_position, class_specific=class_specific, rank=rank,
                             dip_init=dip_init, dip_dropout=dip_dropout, init_text=init_text,
@@ -115,7 +140,8 @@ def train(
     prompt_cfg = prompt_method.prompt_config(**prompt_overrides)
     optim_cfg = prompt_method.optim_config(optimizer=optimizer, lr=lr)
     train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, workers=workers, density_k=density_k,
-                            skip_bad_images=skip_bad_images).validate()
+                            skip_bad_images=skip_bad_images, views=views, feature_cache=feature_cache).validate()
+    data = resolve_data_root(data, dataset)
     if splits is None:
         splits = load_data(data, dataset, shots, seed, subsample)
     out = Path(out)
@@ -139,13 +165,13 @@ def train(
     text_features = prompt_model.text_features(merged=True).detach()
     name = "base" if subsample == "base" else ("new" if subsample == "new" else "test")
     results[name] = evaluate_items(backbone, text_features, splits.test, batch_size=64, workers=workers,
-                                   skip_bad_images=skip_bad_images, desc=f"eval {name}")
+                                   skip_bad_images=skip_bad_images, desc=f"eval {name}", store=trainer.store)
     if subsample == "base" and data is not None and dataset is not None:
         new_splits = load_data(data, dataset, None, seed, "new")
         prompt_model.set_classnames(new_splits.classnames)
         new_features = prompt_model.text_features(merged=True).detach()
         results["new"] = evaluate_items(backbone, new_features, new_splits.test, batch_size=64, workers=workers,
-                                        skip_bad_images=skip_bad_images, desc="eval new")
+                                        skip_bad_images=skip_bad_images, desc="eval new", store=trainer.store)
     for key, value in results.items():
         trainer.log(f"{key}: accuracy {value['accuracy']:.2f}% on {value['n']} images")
     context = prompt_model.context
@@ -186,6 +212,7 @@ def zeroshot(
     out: str | Path | None = None,
     backbone: Backbone | None = None,
     splits: DatasetSplits | None = None,
+    feature_cache: bool = True,
 ) -> dict:
     """Zero-shot CLIP with the dataset's template (or ``templates``; ``ensemble`` adds CLIP's 7 templates)."""
     backbone = backbone or load_backbone(model, pretrained, device=device)
@@ -196,7 +223,8 @@ def zeroshot(
     text_features = zeroshot_text_features(backbone, splits.classnames, chosen)
     name = split if subsample == "all" else subsample
     result = evaluate_items(backbone, text_features, splits.split(split), workers=workers,
-                            skip_bad_images=skip_bad_images, desc=f"zero-shot {name}")
+                            skip_bad_images=skip_bad_images, desc=f"zero-shot {name}",
+                            store=feature_store(feature_cache))
     metrics = {
         "dipclip_version": __version__,
         "method": "zeroshot",
@@ -226,6 +254,7 @@ def evaluate(
     out: str | Path | None = None,
     backbone: Backbone | None = None,
     splits: DatasetSplits | None = None,
+    feature_cache: bool = True,
 ) -> dict:
     """Accuracy of a trained adapter on a dataset split (the adapter's backbone is rebuilt by default)."""
     loaded = load_adapter(adapter)
@@ -235,7 +264,8 @@ def evaluate(
     text_features = prompt_model.text_features(merged=True).detach()
     name = split if subsample == "all" else subsample
     result = evaluate_items(backbone, text_features, splits.split(split), workers=workers,
-                            skip_bad_images=skip_bad_images, desc=f"eval {name}")
+                            skip_bad_images=skip_bad_images, desc=f"eval {name}",
+                            store=feature_store(feature_cache))
     metrics = {
         "dipclip_version": __version__,
         "method": loaded.method,

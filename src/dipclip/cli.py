@@ -52,6 +52,15 @@ def probability(text: str) -> float:
     return value
 
 
+def views_arg(text: str) -> str | int:
+    if text.strip().lower() == "fresh":
+        return "fresh"
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected 'fresh' or a whole number >= 1, got {text!r}") from None
+
+
 def classnames_arg(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
@@ -75,8 +84,9 @@ def _data_args(parser: argparse.ArgumentParser, required: bool = True, subsample
     from .data.registry import DATASET_KEYS
 
     group = parser.add_argument_group("data")
-    group.add_argument("--data", required=required, metavar="ROOT",
-                       help="folder holding the dataset folders (CoOp layout), or the custom folder/CSV")
+    group.add_argument("--data", default=None, metavar="ROOT",
+                       help="folder holding the dataset folders (CoOp layout), or the custom folder/CSV "
+                            "(not needed for --dataset demo)")
     group.add_argument("--dataset", required=required, choices=DATASET_KEYS, metavar="KEY",
                        help=f"one of: {', '.join(DATASET_KEYS)}")
     if subsample:
@@ -94,7 +104,7 @@ def _out_arg(parser: argparse.ArgumentParser, default: str | None) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .methods import METHODS
+    from .methods import method_names
 
     parser = OneLineErrorParser(
         prog="dipclip", formatter_class=FORMATTER,
@@ -122,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
                "      --epochs 50 --optimizer adamw --lr 1e-3 --out runs/dtd-coop\n"
                "  dipclip train ... --out runs/dtd-coop --resume      # continue an interrupted run\n",
     )
-    train.add_argument("--method", default="dip", choices=sorted(METHODS), help="prompt method (default: dip)")
+    train.add_argument("--method", default="dip", choices=method_names(), metavar="METHOD",
+                       help=f"one of {', '.join(method_names())} (default: dip); NAME+dip = NAME with DIP's prompt")
     _backbone_args(train)
     _data_args(train)
     run = train.add_argument_group("training")
@@ -133,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--optimizer", choices=("sgd", "adamw"), default=None, help="default: the method's (sgd)")
     run.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the method's, 0.002)")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    run.add_argument("--views", type=views_arg, default="fresh", metavar="fresh|N",
+                     help="training augmentations: 'fresh' (default; a new random view of every image every "
+                          "epoch, protocol-exact) or N views encoded once and cycled over the epochs (faster)")
+    run.add_argument("--no-feature-cache", dest="feature_cache", action="store_false",
+                     help="keep no image features on disk (same numbers, but every run re-encodes its images)")
     prompt = train.add_argument_group("prompt")
     prompt.add_argument("--n-ctx", type=positive_int, default=None, help="context tokens (default 4)")
     prompt.add_argument("--init-text", default=None, help="context init text (default 'a photo of a')")
@@ -140,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("--class-position", choices=("end", "middle", "front"), default=None,
                         help="where the class name goes (default end)")
     prompt.add_argument("--class-specific", action="store_true", default=None, help="one context per class")
+    prompt.add_argument("--prompt", choices=("full", "dip"), default=None,
+                        help="parameterisation of the method's context: full-rank, or DIP (P0 + Dropout(A @ B))")
     prompt.add_argument("--rank", type=positive_int, default=None, help="DIP rank r (default 1)")
     prompt.add_argument("--dip-init", choices=("zero-delta", "residual-svd"), default=None,
                         help="DIP initialisation (default zero-delta)")
@@ -255,9 +273,9 @@ def cmd_train(args) -> int:
         optimizer=args.optimizer, lr=args.lr, n_ctx=args.n_ctx, init_text=args.init_text,
         random_init=args.random_init, class_position=args.class_position, class_specific=args.class_specific,
         rank=args.rank, dip_init=args.dip_init, dip_dropout=args.dip_dropout, density_k=args.density_k,
-        lambda_do=args.lambda_do, lambda_pp=args.lambda_pp, id_k=args.id_k,
+        lambda_do=args.lambda_do, lambda_pp=args.lambda_pp, id_k=args.id_k, prompt=args.prompt,
         device=args.device, workers=args.workers, skip_bad_images=args.skip_bad_images, out=args.out,
-        resume=args.resume, progress=not args.quiet,
+        resume=args.resume, progress=not args.quiet, views=args.views, feature_cache=args.feature_cache,
     )
     print(f"adapter: {args.out}/adapter\nmetrics: {args.out}/metrics.json")
     return 0

@@ -4,14 +4,32 @@ Prompt methods replace some token embeddings by learned vectors, so they cannot 
 ``encode_text(ids)``; they need the pieces: token embedding, positional embedding, the causal
 transformer, the final norm, the projection and the pooling at the end-of-text (EOT) token.
 Everything else in dipclip drives the text tower through :class:`TextTower`.
+
+Two exact shortcuts live here because they need the transformer's pieces. The tower is causal, so a
+sequence may stop right after its EOT token (positions after it never reach it); and leading positions that
+every class shares (SOS + context when the class name comes last) have the same hidden states in every
+class, so :meth:`TextTower.encode_prefix` runs them once and keeps each layer's keys and values, which
+:meth:`TextTower.forward` then attends to from the per-class positions only.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ..errors import DipclipError
+
+
+@dataclass
+class PrefixCache:
+    """Per-layer keys and values ``[1, heads, P, head_dim]`` of the first ``length`` positions."""
+
+    length: int
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
 
 
 class TextTower(nn.Module):
@@ -43,6 +61,26 @@ class TextTower(nn.Module):
         mask = getattr(source, "attn_mask", None)
         self.register_buffer("attn_mask", None if mask is None else mask.clone(), persistent=False)
         self.causal = mask is not None
+        self.requires_grad_(False)  # frozen backbone: gradients only ever reach the prompt embeddings
+
+    @property
+    def supports_prefix_cache(self) -> bool:
+        """True when every block is open_clip's plain pre-norm block around ``nn.MultiheadAttention``
+        (what CLIP text towers use); other block types take the exact but uncached path."""
+        transformer = self.transformer
+        if not self.causal or not getattr(transformer, "batch_first", False):
+            return False
+        if getattr(transformer, "grad_checkpointing", False):
+            return False
+        for block in getattr(transformer, "resblocks", ()):
+            attn = getattr(block, "attn", None)
+            if not isinstance(attn, nn.MultiheadAttention) or hasattr(block, "ln_1_kv"):
+                return False
+            if not attn._qkv_same_embed_dim or attn.bias_k is not None or attn.add_zero_attn:
+                return False
+            if not all(hasattr(block, name) for name in ("ln_1", "ln_2", "mlp", "ls_1", "ls_2")):
+                return False
+        return len(getattr(transformer, "resblocks", ())) > 0
 
     @property
     def width(self) -> int:
@@ -63,25 +101,87 @@ class TextTower(nn.Module):
         """Token embeddings [B, L, width] (no positional embedding yet)."""
         return self.token_embedding(token_ids)
 
-    def forward(self, embeddings: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+    def _cast(self, embeddings: torch.Tensor) -> torch.Tensor:
+        cast_dtype = self.transformer.get_cast_dtype() if hasattr(self.transformer, "get_cast_dtype") else None
+        return embeddings if cast_dtype is None else embeddings.to(cast_dtype)
+
+    def forward(self, embeddings: torch.Tensor, eot_index: torch.Tensor,
+                prefix: PrefixCache | None = None) -> torch.Tensor:
         """Text features [B, output_dim] of prompt embeddings [B, L, width], pooled at ``eot_index``.
 
         ``L`` may be shorter than the context length: the transformer is causal, so positions after the
-        EOT token never influence it, and a truncated sequence gives the same EOT output.
+        EOT token never influence it, and a truncated sequence gives the same EOT output. With ``prefix``
+        (from :meth:`encode_prefix`) ``embeddings`` are positions ``prefix.length ...`` only and
+        ``eot_index`` still counts from the start of the sequence.
         """
+        if prefix is not None:
+            return self._forward_after_prefix(embeddings, eot_index, prefix)
         length = embeddings.shape[1]
-        cast_dtype = self.transformer.get_cast_dtype() if hasattr(self.transformer, "get_cast_dtype") else None
-        x = embeddings if cast_dtype is None else embeddings.to(cast_dtype)
+        x = self._cast(embeddings)
         x = x + self.positional_embedding[:length].to(x.dtype)
         mask = None if self.attn_mask is None else self.attn_mask[:length, :length]
         x = self.transformer(x, attn_mask=mask)
-        x = self.ln_final(x)
-        x = x[torch.arange(x.shape[0], device=x.device), eot_index]
+        return self._pool(x, eot_index)
+
+    def _pool(self, x: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+        x = self.ln_final(x[torch.arange(x.shape[0], device=x.device), eot_index])  # per-token norm: pool first
         proj = self.text_projection
         if proj is None:
             return x
         return proj(x) if isinstance(proj, nn.Linear) else x @ proj
 
+    def encode_prefix(self, prefix: torch.Tensor) -> PrefixCache:
+        """Run the shared leading positions ``[P, width]`` once; keep every layer's keys and values."""
+        if not self.supports_prefix_cache:
+            raise RuntimeError("this text tower does not support prefix caching; check supports_prefix_cache")
+        length = prefix.shape[0]
+        x = self._cast(prefix).unsqueeze(0) + self.positional_embedding[:length].to(prefix.dtype)
+        keys, values = [], []
+        blocks = self.transformer.resblocks
+        for i, block in enumerate(blocks):
+            x, (k, v) = self._block(block, x, None, last=i == len(blocks) - 1)
+            keys.append(k)
+            values.append(v)
+        return PrefixCache(length, keys, values)
+
+    def _forward_after_prefix(self, embeddings: torch.Tensor, eot_index: torch.Tensor,
+                              prefix: PrefixCache) -> torch.Tensor:
+        start, length = prefix.length, embeddings.shape[1]
+        x = self._cast(embeddings) + self.positional_embedding[start:start + length].to(embeddings.dtype)
+        for block, k, v in zip(self.transformer.resblocks, prefix.keys, prefix.values, strict=True):
+            x, _ = self._block(block, x, (k, v))
+        return self._pool(x, eot_index - start)
+
+    def _block(self, block: nn.Module, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None,
+               last: bool = False) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """open_clip's ``ResidualAttentionBlock`` written out, attending to ``past`` keys/values first.
+
+        The same operations as ``block(x, attn_mask)``: pre-norm, fused q/k/v projection, causal scaled
+        dot-product attention, out projection, layer scale, then the MLP. Returns this segment's own k, v.
+        """
+        attn: nn.MultiheadAttention = block.attn
+        batch, length, width = x.shape
+        heads = attn.num_heads
+        q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = (t.reshape(batch, length, heads, width // heads).transpose(1, 2) for t in (q, k, v))
+        own = (k, v)
+        start = 0
+        if past is not None:
+            start = past[0].shape[2]
+            k = torch.cat([past[0].expand(batch, -1, -1, -1), k], dim=2)
+            v = torch.cat([past[1].expand(batch, -1, -1, -1), v], dim=2)
+        mask = self.attn_mask[start:start + length, :start + length].to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = attn.out_proj(out.transpose(1, 2).reshape(batch, length, width))
+        x = x + block.ls_1(out)
+        if last and past is None:
+            return x, own  # the prefix's last-layer output is never pooled: skip its MLP
+        x = x + block.ls_2(block.mlp(block.ln_2(x)))
+        return x, own
+
     def encode_token_ids(self, token_ids: torch.Tensor) -> torch.Tensor:
-        """The same as open_clip's ``encode_text`` (unnormalised), for hand-written prompts."""
+        """The same as open_clip's ``encode_text`` (unnormalised), for hand-written prompts.
+
+        Full length on purpose: it is the bit-for-bit reference, and hand-written prompts are encoded once.
+        """
         return self(self.embed_tokens(token_ids), token_ids.argmax(dim=-1))

@@ -115,9 +115,16 @@ CUSTOM: dict[str, DatasetInfo] = {
     "csv": DatasetInfo(key="csv", title="CSV", folder="", image_dir="", layout="csv"),
 }
 
+# Shipped inside the package (built from held-out public-domain clip art, see dipclip.pretrain); `--data` may
+# be omitted for it. Not one of the published datasets, so `--datasets all` never includes it.
+EMBEDDED_DATASETS: dict[str, DatasetInfo] = {
+    "demo": DatasetInfo(key="demo", title="Demo", folder="demo", image_dir="images", layout="json",
+                        split_file="split_zhou_Demo.json"),
+}
+
 # The 15 CoOp-layout keys, in the order of the reference table, then the custom ones.
 STANDARD_KEYS: tuple[str, ...] = tuple(DATASETS)
-DATASET_KEYS: tuple[str, ...] = STANDARD_KEYS + tuple(CUSTOM)
+DATASET_KEYS: tuple[str, ...] = STANDARD_KEYS + tuple(CUSTOM) + tuple(EMBEDDED_DATASETS)
 # The 11 datasets of the base-to-new, few-shot and cross-dataset tables, and the 4 ImageNet variants.
 TRAINABLE_KEYS: tuple[str, ...] = tuple(k for k, v in DATASETS.items() if not v.test_only)
 DG_KEYS: tuple[str, ...] = ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
@@ -129,4 +136,6 @@ def dataset_info(key: str) -> DatasetInfo:
         return DATASETS[key]
     if key in CUSTOM:
         return CUSTOM[key]
+    if key in EMBEDDED_DATASETS:
+        return EMBEDDED_DATASETS[key]
     raise DipclipError(f"unknown dataset {key!r}; choose one of: {', '.join(DATASET_KEYS)}")

@@ -1,4 +1,8 @@
-"""Evaluation: class text features once per (prompt, class list), then one pass over the images."""
+"""Evaluation: class text features once per (prompt, class list), then one pass over the images.
+
+Image features come from the :class:`~dipclip.engine.features.FeatureStore`: the first evaluation of a
+split encodes it, every later one (another seed, method or prompt on the same backbone) reads it back.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,12 @@ from collections.abc import Sequence
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from ..backbones.loading import Backbone
 from ..data.images import ImageDataset, collate_skipping_bad
 from ..data.transforms import test_transform
 from ..data.types import Datum
+from .features import FeatureStore
 
 
 def image_loader(backbone: Backbone, items: Sequence[Datum], batch_size: int, workers: int,
@@ -30,20 +34,17 @@ def image_loader(backbone: Backbone, items: Sequence[Datum], batch_size: int, wo
 
 @torch.no_grad()
 def encode_items(backbone: Backbone, items: Sequence[Datum], batch_size: int = 64, workers: int = 0,
-                 skip_bad_images: bool = False, desc: str = "encode") -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(normalised image features [N, D], labels [N], number of skipped bad images)."""
-    loader = image_loader(backbone, items, batch_size, workers, skip_bad_images)
-    features, labels, seen = [], [], 0
-    for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
-        if batch is None:
-            continue
-        images, batch_labels, _ = batch
-        features.append(backbone.encode_images(images.to(backbone.device, non_blocking=True)))
-        labels.append(batch_labels)
-        seen += len(batch_labels)
-    if not features:
-        return torch.empty(0, backbone.text.output_dim), torch.empty(0, dtype=torch.long), len(items)
-    return torch.cat(features), torch.cat(labels), len(items) - seen
+                 skip_bad_images: bool = False, desc: str = "encode",
+                 store: FeatureStore | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(normalised image features [N, D], labels [N], number of skipped bad images).
+
+    Read from ``store`` (default: the shared store) when this split was encoded before. ``batch_size`` is
+    kept for compatibility: images are encoded in fixed batches so stored and fresh features are the same.
+    """
+    store = store if store is not None else FeatureStore.default()
+    encoded = store.test_features(backbone, items, workers=workers, skip_bad_images=skip_bad_images, desc=desc)
+    features, labels = encoded.good()
+    return features.to(backbone.device), labels, encoded.skipped
 
 
 @torch.no_grad()
@@ -57,8 +58,10 @@ def accuracy_from_features(image_features: torch.Tensor, labels: torch.Tensor, t
 
 
 def evaluate_items(backbone: Backbone, text_features: torch.Tensor, items: Sequence[Datum], batch_size: int = 64,
-                   workers: int = 0, skip_bad_images: bool = False, desc: str = "eval") -> dict:
-    features, labels, skipped = encode_items(backbone, items, batch_size, workers, skip_bad_images, desc)
+                   workers: int = 0, skip_bad_images: bool = False, desc: str = "eval",
+                   store: FeatureStore | None = None) -> dict:
+    """Accuracy of fixed class ``text_features`` (computed once by the caller) on ``items``."""
+    features, labels, skipped = encode_items(backbone, items, batch_size, workers, skip_bad_images, desc, store)
     result = accuracy_from_features(features, labels, text_features)
     if skipped:
         result["skipped_bad_images"] = skipped

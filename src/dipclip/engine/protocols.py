@@ -27,7 +27,7 @@ from .. import api
 from ..backbones.loading import Backbone, load_backbone
 from ..data.registry import DG_KEYS, TRAINABLE_KEYS, dataset_info
 from ..errors import DipclipError
-from ..methods import METHODS
+from ..methods import method_names
 from .reproducibility import atomic_write_bytes, atomic_write_json
 
 PROTOCOLS = ("base2new", "fewshot", "xd", "dg")
@@ -68,9 +68,10 @@ class ProtocolConfig:
     def validate(self) -> ProtocolConfig:
         if self.protocol not in PROTOCOLS:
             raise DipclipError(f"unknown protocol {self.protocol!r}; use one of {', '.join(PROTOCOLS)}")
-        unknown = [m for m in self.methods if m != "zeroshot" and m not in METHODS]
+        known = method_names()
+        unknown = [m for m in self.methods if m != "zeroshot" and m not in known]
         if unknown or not self.methods:
-            raise DipclipError(f"unknown method(s) {unknown or 'none given'}; use zeroshot, {', '.join(METHODS)}")
+            raise DipclipError(f"unknown method(s) {unknown or 'none given'}; use zeroshot, {', '.join(known)}")
         if not self.seeds:
             raise DipclipError("give at least one seed")
         if any(k < 1 for k in self.shots):

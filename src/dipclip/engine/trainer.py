@@ -3,6 +3,11 @@
 Each epoch re-seeds python/numpy/torch from (seed, epoch), so a run resumed from its last epoch checkpoint
 draws the same batches, augmentations and dropout masks as an uninterrupted run and ends with the same
 numbers. The frozen image tower runs under ``no_grad``: only the learned context gets gradients.
+
+The trainer does not care where image features come from: a batch source yields ``(features, labels)``
+per epoch. By default it is :class:`~dipclip.engine.features.FeatureBatches` (augmented views encoded ahead
+and kept in the feature store, ``views="fresh"`` or a number of cycled views); a method that needs the image
+tower in the loop passes :class:`~dipclip.engine.features.ImageBatches` to :meth:`Trainer.fit` instead.
 """
 
 from __future__ import annotations
@@ -12,9 +17,10 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -23,7 +29,7 @@ from ..data.types import Datum
 from ..density import density_report
 from ..errors import DipclipError
 from ..methods.base import OptimConfig, PromptCLIP, PromptMethod
-from .evaluate import image_loader
+from .features import FRESH, FeatureBatches, FeatureStore, parse_views
 from .reproducibility import atomic_torch_save, epoch_seed, seed_everything
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -39,6 +45,8 @@ class TrainConfig:
     density_k: int = 1
     density_energy: bool = False
     skip_bad_images: bool = False
+    views: str | int = FRESH  # "fresh": a new augmentation every epoch; N: N cached views, cycled
+    feature_cache: bool = True  # keep encoded views on disk (never changes the numbers)
 
     def validate(self) -> TrainConfig:
         if self.epochs < 1:
@@ -47,7 +55,17 @@ class TrainConfig:
             raise DipclipError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.workers < 0:
             raise DipclipError(f"--workers must be >= 0, got {self.workers}")
+        parse_views(self.views)
         return self
+
+
+class BatchSource(Protocol):
+    """What the trainer consumes: per epoch, ``(image features [B, D], labels [B])`` batches drawn from
+    ``generator`` (seeded from (seed, epoch)); ``describe()`` goes into the resume fingerprint."""
+
+    def describe(self) -> dict: ...
+
+    def batches(self, epoch: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
 
 def learning_rate(optim: OptimConfig, epoch: int, epochs: int) -> float:
@@ -75,11 +93,15 @@ def run_fingerprint(payload: dict, items: Sequence[Datum]) -> str:
 
 class Trainer:
     def __init__(self, method: PromptMethod, model: PromptCLIP, optim: OptimConfig, config: TrainConfig,
-                 out_dir: str | Path, progress: bool = True, log: Callable[[str], None] | None = None):
+                 out_dir: str | Path, progress: bool = True, log: Callable[[str], None] | None = None,
+                 store: FeatureStore | None = None):
         self.method = method
         self.model = model
         self.optim = optim
         self.config = config.validate()
+        if store is None:
+            store = FeatureStore.default() if config.feature_cache else FeatureStore(enabled=False)
+        self.store = store
         self.out_dir = Path(out_dir)
         self.progress = progress
         self.log = log or (lambda line: tqdm.write(line, file=sys.stderr))
@@ -90,14 +112,15 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.out_dir / CHECKPOINT_NAME
 
-    def _fingerprint(self, items: Sequence[Datum]) -> str:
+    def _fingerprint(self, items: Sequence[Datum], source: BatchSource) -> str:
         payload = {
             "method": self.method.name,
             "prompt": self.model.prompt_cfg.to_dict(),
             "optim": asdict(self.optim),
-            "train": {k: v for k, v in asdict(self.config).items() if k != "workers"},
+            "train": {k: v for k, v in asdict(self.config).items() if k not in ("workers", "feature_cache")},
             "backbone": self.model.backbone.identity,
             "classes": self.model.classnames,
+            "source": source.describe(),
         }
         return run_fingerprint(payload, items)
 
@@ -112,12 +135,21 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         return int(state["epoch"]), list(state["history"])
 
-    def fit(self, items: Sequence[Datum], resume: bool = False) -> list[dict]:
-        """Train for the configured epochs; returns the per-epoch history."""
+    def default_source(self, items: Sequence[Datum]) -> FeatureBatches:
+        cfg = self.config
+        return FeatureBatches(self.model.backbone, items, cfg.batch_size, cfg.seed, cfg.views, self.store,
+                              cfg.workers, cfg.skip_bad_images, progress=self.progress)
+
+    def fit(self, items: Sequence[Datum], resume: bool = False, source: BatchSource | None = None) -> list[dict]:
+        """Train for the configured epochs; returns the per-epoch history.
+
+        ``source`` gives the batches (default: :meth:`default_source`, stored features of the views).
+        """
         if not items:
             raise DipclipError("the training split is empty; check the dataset and --shots")
         cfg = self.config
-        fingerprint = self._fingerprint(items)
+        source = source if source is not None else self.default_source(items)
+        fingerprint = self._fingerprint(items, source)
         start, history = 0, []
         if self.checkpoint_path.exists():
             if not resume:
@@ -134,18 +166,13 @@ class Trainer:
             lr = learning_rate(self.optim, epoch, cfg.epochs)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            loader = image_loader(self.model.backbone, items, cfg.batch_size, cfg.workers, cfg.skip_bad_images,
-                                  train=True, generator=generator)
-            self.model.context.train()
             total_loss, correct, seen, began = 0.0, 0, 0, time.perf_counter()
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not self.progress,
+            batches = source.batches(epoch, generator)
+            self.model.context.train()
+            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not self.progress,
                        dynamic_ncols=True)
-            for batch in bar:
-                if batch is None:
-                    continue
-                images, labels, _ = batch
-                labels = labels.to(device)
-                image_features = self.model.backbone.encode_images(images.to(device, non_blocking=True))
+            for image_features, labels in bar:
+                image_features, labels = image_features.to(device), labels.to(device)
                 loss, logits = self.step_loss(image_features, labels)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()

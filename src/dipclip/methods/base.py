@@ -114,8 +114,32 @@ class PromptCLIP(nn.Module):
             )
         self.class_prompts = ClassPrompts(self.backbone, classnames, self.prompt_cfg.n_ctx, self.prompt_cfg.class_position)
 
+    image_conditioned = False  # True when class text features depend on the image (CoCoOp)
+
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.context.parameters() if p.requires_grad]
+        return [p for _, p in self.learnable_named_parameters()]
+
+    def learnable_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """Everything the method learns (the frozen backbone is excluded by requires_grad)."""
+        return [(name, p) for name, p in self.named_parameters() if p.requires_grad]
+
+    def learnable_state(self) -> dict[str, torch.Tensor]:
+        """The tensors an adapter or checkpoint stores: learned parameters only, never frozen buffers."""
+        return {name: p.detach() for name, p in self.learnable_named_parameters()}
+
+    def load_learnable_state(self, state: dict[str, torch.Tensor]) -> None:
+        expected = dict(self.learnable_named_parameters())
+        if set(state) != set(expected):
+            raise DipclipError(
+                f"learned tensors {sorted(state)} do not match this prompt's {sorted(expected)}; "
+                "the adapter was made for another method or configuration"
+            )
+        with torch.no_grad():
+            for name, tensor in state.items():
+                if expected[name].shape != tensor.shape:
+                    raise DipclipError(f"learned tensor {name} has shape {tuple(tensor.shape)}, expected "
+                                       f"{tuple(expected[name].shape)}")
+                expected[name].copy_(tensor.to(expected[name].device, expected[name].dtype))
 
     def num_trainable(self) -> int:
         return sum(p.numel() for p in self.trainable_parameters())
@@ -171,6 +195,23 @@ class PromptMethod:
                    labels: torch.Tensor) -> torch.Tensor | None:
         """Terms added to the cross-entropy: the ID levers (off by default); methods add their own on top."""
         return density_levers(model)
+
+    def loss(self, model: PromptCLIP, image_features: torch.Tensor, labels: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cross-entropy + extra loss, logits) of one batch."""
+        logits = model.logits(image_features)
+        loss = nn.functional.cross_entropy(logits, labels)
+        extra = self.extra_loss(model, image_features, logits, labels)
+        return (loss if extra is None else loss + extra), logits
+
+    def training_step(self, model: PromptCLIP, image_features: torch.Tensor, labels: torch.Tensor,
+                      optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimisation step; a method that shapes gradients (ProGrad) overrides this, not the trainer."""
+        loss, logits = self.loss(model, image_features, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach(), logits.detach()
 
 
 def density_levers(model: PromptCLIP) -> torch.Tensor | None:

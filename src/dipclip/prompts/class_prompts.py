@@ -4,17 +4,30 @@ The token layout is built once per class list: each class is tokenised as ``"X X
 are placeholders for the context), the embeddings of everything but the placeholders are frozen buffers,
 and a context matrix is spliced in with one gather. The class token may sit at the ``end`` (CoOp's
 default), in the ``middle`` (context split in two halves around it) or at the ``front``.
+
+``forward`` gives the same features as the straightforward full-length pass (:meth:`full_length_forward`)
+with three exact shortcuts. Classes are sorted by their EOT position and cut into chunks, each truncated
+after its own last EOT token (the tower is causal). The leading positions every class shares (SOS + the
+context before the class name, when the context is shared) run once per call through a key/value prefix
+cache. With gradients on and more than ``chunk_tokens`` positions in all, each chunk is checkpointed, so
+memory stays that of one chunk (1,000 classes fit) at the price of a second forward pass.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..backbones.loading import Backbone
+from ..backbones.text_tower import PrefixCache
 from ..errors import DipclipError
 
 CLASS_POSITIONS = ("end", "middle", "front")
+CHUNK_TOKENS = 2048  # positions per chunk; with width 512 and 12 layers about 0.8 GB of saved activations
+CHUNK_OVERHEAD_TOKENS = 32  # what one more chunk costs, in positions (per-layer call overhead)
 
 
 def clean_classname(name: str) -> str:
@@ -24,7 +37,8 @@ def clean_classname(name: str) -> str:
 class ClassPrompts(nn.Module):
     """Frozen token embeddings of the class prompts, and ``forward(ctx) -> text features [C, D]``."""
 
-    def __init__(self, backbone: Backbone, classnames: list[str], n_ctx: int, position: str = "end"):
+    def __init__(self, backbone: Backbone, classnames: list[str], n_ctx: int, position: str = "end",
+                 chunk_tokens: int = CHUNK_TOKENS):
         super().__init__()
         if position not in CLASS_POSITIONS:
             raise DipclipError(f"unknown class token position {position!r}; use one of {', '.join(CLASS_POSITIONS)}")
@@ -53,6 +67,8 @@ class ClassPrompts(nn.Module):
         self.register_buffer("prefix", embeddings[:, :1].clone(), persistent=False)
         self.register_buffer("suffix", embeddings[:, 1 + n_ctx:].clone(), persistent=False)
         self.register_buffer("gather_index", self._layout(name_lengths, token_ids.shape[1]), persistent=False)
+        self.chunk_tokens = max(1, int(chunk_tokens))
+        self._plans: dict[tuple, tuple[list[tuple[torch.Tensor, int]], torch.Tensor, int]] = {}
 
     @property
     def num_classes(self) -> int:
@@ -78,19 +94,114 @@ class ClassPrompts(nn.Module):
 
     def assemble(self, ctx: torch.Tensor) -> torch.Tensor:
         """Prompt embeddings [C, L, width] for a shared [n_ctx, width] or class-specific [C, n_ctx, width] ctx."""
-        n_cls = self.num_classes
+        self._check(ctx)
         if ctx.dim() == 2:
-            ctx = ctx.unsqueeze(0).expand(n_cls, -1, -1)
-        elif ctx.shape[0] != n_cls:
-            raise DipclipError(
-                f"class-specific context has {ctx.shape[0]} classes but the class list has {n_cls}; "
-                "class-specific prompts only work on the classes they were trained on"
-            )
+            ctx = ctx.unsqueeze(0).expand(self.num_classes, -1, -1)
         full = torch.cat([self.prefix, ctx.to(self.prefix.dtype), self.suffix], dim=1)
         if self.gather_index is None:
             return full
         index = self.gather_index.unsqueeze(-1).expand(-1, -1, full.shape[-1])
         return full.gather(1, index)
 
-    def forward(self, ctx: torch.Tensor) -> torch.Tensor:
+    def full_length_forward(self, ctx: torch.Tensor) -> torch.Tensor:
+        """The straightforward pass: every class at the full context length, all at once (the reference)."""
         return self.text(self.assemble(ctx), self.eot_index)
+
+    def shared_length(self, ctx: torch.Tensor) -> int:
+        """Leading positions that are the same for every class: SOS, plus the context before the class name
+        when the context is shared (all of it at ``end``, the first half in the ``middle``, none at ``front``)."""
+        if ctx.dim() == 3:
+            return 1
+        return 1 + {"end": self.n_ctx, "middle": self.n_ctx // 2, "front": 0}[self.position]
+
+    def forward(self, ctx: torch.Tensor) -> torch.Tensor:
+        """Text features [C, D], equal to :meth:`full_length_forward` up to float rounding."""
+        self._check(ctx)
+        start = self.shared_length(ctx)
+        if start < 2 or not self.text.supports_prefix_cache:
+            start = 0  # SOS alone is not worth a cache; other block types take the uncached path
+        chunks, inverse, total = self._plan(start)
+        cache = self.text.encode_prefix(self._rows(ctx, chunks[0][0][:1], start)[0]) if start else None
+        recompute = torch.is_grad_enabled() and ctx.requires_grad and len(chunks) > 1 and total > self.chunk_tokens
+        outputs = []
+        for index, length in chunks:
+            if recompute:
+                outputs.append(checkpoint(self._encode_chunk, ctx, cache, index, length, use_reentrant=False))
+            else:
+                outputs.append(self._encode_chunk(ctx, cache, index, length))
+        features = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+        return features.index_select(0, inverse)
+
+    def _check(self, ctx: torch.Tensor) -> None:
+        if ctx.dim() == 3 and ctx.shape[0] != self.num_classes:
+            raise DipclipError(
+                f"class-specific context has {ctx.shape[0]} classes but the class list has {self.num_classes}; "
+                "class-specific prompts only work on the classes they were trained on"
+            )
+
+    def _encode_chunk(self, ctx: torch.Tensor, cache: PrefixCache | None, index: torch.Tensor,
+                      length: int) -> torch.Tensor:
+        start = 0 if cache is None else cache.length
+        return self.text(self._rows(ctx, index, length)[:, start:], self.eot_index[index], prefix=cache)
+
+    def _rows(self, ctx: torch.Tensor, index: torch.Tensor, length: int) -> torch.Tensor:
+        """The first ``length`` positions of the prompts of classes ``index`` [n, length, width]."""
+        n = index.shape[0]
+        rows = ctx.unsqueeze(0).expand(n, -1, -1) if ctx.dim() == 2 else ctx.index_select(0, index)
+        rows = rows.to(self.prefix.dtype)
+        if self.gather_index is None:
+            tail = self.suffix[index, : max(0, length - 1 - self.n_ctx)]
+            return torch.cat([self.prefix[index], rows, tail], dim=1)[:, :length]
+        full = torch.cat([self.prefix[index], rows, self.suffix[index]], dim=1)
+        order = self.gather_index[index, :length]
+        return full.gather(1, order.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
+
+    def _plan(self, start: int) -> tuple[list[tuple[torch.Tensor, int]], torch.Tensor, int]:
+        """Chunks ``(class indices, sequence length)`` and the permutation back to class order.
+
+        Classes sorted by length are cut where the saved padding outweighs the cost of one more chunk
+        (the cheapest cut, by dynamic programming over the distinct lengths), and no chunk holds more than
+        ``chunk_tokens`` positions (unless a single class needs more).
+        """
+        device = self.eot_index.device
+        key = (start, str(device))
+        if key in self._plans:
+            return self._plans[key]
+        full = self.text.context_length
+        needed = (self.eot_index + 1).tolist() if self.text.causal else [full] * self.num_classes
+        order = sorted(range(self.num_classes), key=lambda c: (needed[c], c))
+        lengths = sorted(set(needed))
+        count = {length: 0 for length in lengths}
+        for c in order:
+            count[needed[c]] += 1
+
+        def pieces(n: int, length: int) -> int:
+            return math.ceil(n * (length - start) / self.chunk_tokens)
+
+        best, cut = [0.0] + [math.inf] * len(lengths), [0] * (len(lengths) + 1)
+        for j in range(1, len(lengths) + 1):
+            n = 0
+            for i in range(j - 1, -1, -1):
+                n += count[lengths[i]]
+                cost = best[i] + n * (lengths[j - 1] - start) + CHUNK_OVERHEAD_TOKENS * pieces(n, lengths[j - 1])
+                if cost < best[j]:
+                    best[j], cut[j] = cost, i
+        spans, j = [], len(lengths)
+        while j > 0:
+            spans.append((cut[j], j))
+            j = cut[j]
+        chunks, position = [], 0
+        for i, j in reversed(spans):
+            n = sum(count[length] for length in lengths[i:j])
+            length = lengths[j - 1]
+            per_chunk = max(1, min(math.ceil(n / pieces(n, length)), self.chunk_tokens // (length - start)))
+            members = order[position:position + n]
+            position += n
+            for k in range(0, n, per_chunk):
+                index = torch.tensor(members[k:k + per_chunk], dtype=torch.long, device=device)
+                chunks.append((index, length))
+        inverse = torch.empty(self.num_classes, dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(self.num_classes)
+        total = sum(len(index) * (length - start) for index, length in chunks)
+        self._plans[key] = (chunks, inverse.to(device), total)
+        return self._plans[key]

@@ -1,0 +1,478 @@
+"""Image features computed once and reused, and the two kinds of training batches the trainer consumes.
+
+Prompt methods that only learn text-side context (CoOp, DIP, ...) never change the image tower, so an
+image's features depend only on (backbone, image file, transform, augmentation draw). The
+:class:`FeatureStore` computes them once and keeps them on disk under ``cache_root() / "features"``,
+keyed by a hash of everything that can change them: the backbone's identity, image size, mean and std,
+the device kind (bf16 autocast on CUDA gives other numbers than fp32), torch and open_clip versions, the
+transform, the encoding batch size and the item list (paths relative to their common folder, labels, file
+sizes and modification times). Files are safetensors written atomically (temp file + ``os.replace``), and a
+lock file makes a second process wait for the first instead of encoding the same split twice, so
+concurrent runs can share one cache.
+
+Training augmentations are drawn per image from a seed derived from (run seed, view, image index), never
+from the global generator. View ``v`` of a training set is therefore a fixed set of tensors:
+
+- ``views="fresh"`` (protocol-exact): epoch ``e`` uses view ``e``, a new random augmentation of every image
+  every epoch, encoded ahead of the epoch;
+- ``views=N``: epoch ``e`` uses view ``e % N``; N views are encoded once and cycled (Tip-Adapter's scheme).
+
+With ``N >= epochs`` both modes see the same views and give identical numbers. Whether the store is on or
+off changes where features are kept, never their values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ..backbones.loading import Backbone
+from ..data.images import BadImage, ImageDataset, collate_skipping_bad
+from ..data.transforms import test_transform, train_transform
+from ..data.types import Datum
+from ..errors import DipclipError
+from ..paths import cache_root
+from .reproducibility import atomic_write_bytes
+
+FORMAT_VERSION = 1
+ENCODE_BATCH = 64  # fixed, so stored and recomputed features are the same bits whatever the caller's batch
+NO_CACHE_ENV = "DIPCLIP_NO_FEATURE_CACHE"
+FRESH = "fresh"
+
+
+def parse_views(views: str | int) -> str | int:
+    """``"fresh"`` or a whole number of cached views >= 1 (also accepted as a string, as the CLI gives it)."""
+    if isinstance(views, str) and views.strip().lower() == FRESH:
+        return FRESH
+    try:
+        count = int(views)
+    except (TypeError, ValueError):
+        raise DipclipError(f"views must be 'fresh' or a whole number >= 1, got {views!r}") from None
+    if count < 1 or (isinstance(views, float) and views != count):
+        raise DipclipError(f"views must be 'fresh' or a whole number >= 1, got {views!r}")
+    return count
+
+
+def view_of_epoch(views: str | int, epoch: int) -> int:
+    """Which augmentation view epoch ``epoch`` trains on."""
+    return epoch if views == FRESH else epoch % int(views)
+
+
+def view_seed(seed: int, view: int, index: int) -> int:
+    """Seed of one image's augmentation: independent of batch order, workers and the global generator."""
+    digest = hashlib.blake2b(f"dipclip-view:{seed}:{view}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def _keep_pil(image):
+    return image
+
+
+class SeededViews(Dataset):
+    """``(tensor, label, index)`` of every item; with ``seed`` the random transform is drawn per image from
+    :func:`view_seed`, so the same (seed, view, index) always gives the same tensor."""
+
+    def __init__(self, items: Sequence[Datum], transform: Callable, seed: int | None = None, view: int = 0,
+                 skip_bad_images: bool = False):
+        self.images = ImageDataset(items, _keep_pil, skip_bad_images=skip_bad_images)
+        self.transform = transform
+        self.seed = seed
+        self.view = view
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        loaded = self.images[index]
+        if isinstance(loaded, BadImage):
+            return loaded
+        image, label, index = loaded
+        if self.seed is None:
+            return self.transform(image), label, index
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(view_seed(self.seed, self.view, index))
+            return self.transform(image), label, index
+
+
+def make_views(backbone: Backbone, items: Sequence[Datum], seed: int | None, view: int = 0,
+               skip_bad_images: bool = False) -> SeededViews:
+    """Test-time images (``seed=None``) or training view ``view`` of ``items``."""
+    if seed is None:
+        transform = test_transform(backbone.image_size, backbone.mean, backbone.std)
+    else:
+        transform = train_transform(backbone.image_size, backbone.mean, backbone.std)
+    return SeededViews(items, transform, seed, view, skip_bad_images)
+
+
+def batch_loader(dataset: Dataset, batches: Sequence[Sequence[int]], workers: int, pin: bool) -> DataLoader:
+    """A loader over fixed index batches; its private generator leaves the global RNG alone."""
+    return DataLoader(dataset, batch_sampler=[list(map(int, b)) for b in batches], num_workers=workers,
+                      collate_fn=collate_skipping_bad, pin_memory=pin, generator=torch.Generator().manual_seed(0))
+
+
+@dataclass
+class Encoded:
+    """Features of a list of items in item order; rows of skipped (bad) images are zero and not ``valid``."""
+
+    features: torch.Tensor  # [N, D] fp32, L2-normalised
+    labels: torch.Tensor  # [N] int64
+    valid: torch.Tensor  # [N] bool
+
+    @property
+    def skipped(self) -> int:
+        return int((~self.valid).sum())
+
+    def good(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if bool(self.valid.all()):
+            return self.features, self.labels
+        return self.features[self.valid], self.labels[self.valid]
+
+
+@torch.no_grad()
+def encode_dataset(backbone: Backbone, dataset: SeededViews, workers: int = 0, desc: str = "encode",
+                   progress: bool = True, rank: int = 0, world: int = 1) -> Encoded:
+    """Run the frozen image tower over ``dataset`` in order, :data:`ENCODE_BATCH` images at a time.
+
+    With ``world > 1`` only batches ``rank, rank + world, ...`` run (other rows stay zero and invalid): each
+    batch holds the same images as in one process, so :func:`merge_parts` of all ranks gives the same bits.
+    """
+    n = len(dataset)
+    features = torch.zeros(n, backbone.text.output_dim)
+    labels = torch.tensor([item.label for item in dataset.images.items], dtype=torch.long)
+    valid = torch.zeros(n, dtype=torch.bool)
+    batches = [range(start, min(start + ENCODE_BATCH, n)) for start in range(0, n, ENCODE_BATCH)]
+    loader = batch_loader(dataset, batches[rank::world], workers, backbone.device.type == "cuda")
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None if progress else True)  # None: TTY only
+    for batch in bar:
+        if batch is None:
+            continue
+        images, _, index = batch
+        features[index] = backbone.encode_images(images.to(backbone.device, non_blocking=True)).cpu()
+        valid[index] = True
+    return Encoded(features, labels, valid)
+
+
+def merge_parts(parts: Sequence[tuple[torch.Tensor, torch.Tensor]], labels: torch.Tensor, dim: int) -> Encoded:
+    """One :class:`Encoded` from the ``(row indices, feature rows)`` each rank encoded."""
+    features = torch.zeros(len(labels), dim)
+    valid = torch.zeros(len(labels), dtype=torch.bool)
+    for index, rows in parts:
+        features[index] = rows
+        valid[index] = True
+    return Encoded(features, labels, valid)
+
+
+def _rank_world() -> tuple[int, int]:
+    """(rank, world size) under ``torchrun`` with an initialised process group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _items_digest(items: Sequence[Datum]) -> tuple[str, str]:
+    """(sha256 over relative paths, labels, sizes and mtimes; the common folder, for the metadata)."""
+    paths = [os.path.abspath(item.path) for item in items]
+    root = os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else ""
+    digest = hashlib.sha256()
+    for path, item in zip(paths, items, strict=True):
+        try:
+            stat = os.stat(path)
+            size, mtime = stat.st_size, stat.st_mtime_ns
+        except OSError:
+            size, mtime = -1, -1
+        digest.update(f"{os.path.relpath(path, root)}\t{item.label}\t{size}\t{mtime}\n".encode())
+    return digest.hexdigest(), root
+
+
+class FeatureStore:
+    """Image features on disk, computed at most once per key (see the module docstring)."""
+
+    def __init__(self, root: str | Path | None = None, enabled: bool = True):
+        self.root = Path(root) if root is not None else cache_root() / "features"
+        self.enabled = enabled
+        self.hits = 0  # loads served from disk (a test and the benchmark read these)
+        self.misses = 0  # encodings run
+
+    @classmethod
+    def default(cls) -> FeatureStore:
+        """The shared store, off when ``$DIPCLIP_NO_FEATURE_CACHE`` is set to anything but 0/empty."""
+        return cls(enabled=os.environ.get(NO_CACHE_ENV, "0") in ("", "0", "false"))
+
+    def key(self, backbone: Backbone, items: Sequence[Datum], transform: str, view: dict | None,
+            skip_bad_images: bool) -> tuple[str, dict]:
+        """(hex key, the payload it hashes): any change to an input changes the key."""
+        import open_clip
+
+        items_hash, root = _items_digest(items)
+        payload = {
+            "format": FORMAT_VERSION,
+            "backbone": {"identity": backbone.identity, "name": backbone.name, "image_size": backbone.image_size,
+                         "mean": list(backbone.mean), "std": list(backbone.std),
+                         "embed_dim": backbone.text.output_dim},
+            "device": backbone.device.type,
+            "precision": "bf16-autocast" if backbone.device.type == "cuda" else "fp32",
+            "torch": torch.__version__,
+            "open_clip": getattr(open_clip, "__version__", "?"),
+            "transform": transform,
+            "view": view,
+            "encode_batch": ENCODE_BATCH,
+            "skip_bad_images": skip_bad_images,
+            "n_items": len(items),
+            "items": items_hash,
+        }
+        digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        return digest, payload | {"root": root}
+
+    def test_features(self, backbone: Backbone, items: Sequence[Datum], workers: int = 0,
+                      skip_bad_images: bool = False, desc: str = "encode", progress: bool = True) -> Encoded:
+        """Features of ``items`` under the deterministic test transform (resize, centre crop)."""
+        dataset = make_views(backbone, items, None, skip_bad_images=skip_bad_images)
+        return self._get(backbone, dataset, None, workers, desc, progress)
+
+    def view_features(self, backbone: Backbone, items: Sequence[Datum], seed: int, view: int, workers: int = 0,
+                      skip_bad_images: bool = False, desc: str = "encode view", progress: bool = True) -> Encoded:
+        """Features of augmentation view ``view`` of ``items`` for run seed ``seed``."""
+        dataset = make_views(backbone, items, seed, view, skip_bad_images)
+        return self._get(backbone, dataset, {"seed": seed, "view": view}, workers, desc, progress)
+
+    def _get(self, backbone: Backbone, dataset: SeededViews, view: dict | None, workers: int, desc: str,
+             progress: bool) -> Encoded:
+        def compute() -> Encoded:
+            self.misses += 1
+            with torch.random.fork_rng(devices=[]):  # encoding must never move the training RNG
+                return encode_dataset(backbone, dataset, workers, desc, progress)
+
+        items = dataset.images.items
+        key, payload = self.key(backbone, items, repr(dataset.transform), view, dataset.images.skip_bad_images)
+        path = self.root / f"{'test' if view is None else 'view'}-{key[:40]}.safetensors"
+        rank, world = _rank_world()
+        if world > 1:
+            return self._get_distributed(backbone, dataset, path, payload, workers, desc, progress, rank, world)
+        if not self.enabled:
+            return compute()
+        found = self._load(path, len(items))
+        if found is not None:
+            return found
+        with self._locked(path):
+            found = self._load(path, len(items))  # another process may have written it while we waited
+            if found is not None:
+                return found
+            encoded = compute()
+            self._save(path, encoded, payload)
+            return encoded
+
+    def _get_distributed(self, backbone: Backbone, dataset: SeededViews, path: Path, payload: dict, workers: int,
+                         desc: str, progress: bool, rank: int, world: int) -> Encoded:
+        """Under ``torchrun``: rank 0 looks in the store; otherwise every rank encodes its share of the batches,
+        all ranks receive all rows, and rank 0 stores the result. Every rank returns the whole split."""
+        import torch.distributed as dist
+
+        n = len(dataset)
+        found = [self._load(path, n) if (rank == 0 and self.enabled) else None]
+        dist.broadcast_object_list(found, src=0)
+        if found[0] is not None:
+            return found[0]
+        self.misses += 1
+        with torch.random.fork_rng(devices=[]):
+            mine = encode_dataset(backbone, dataset, workers, f"{desc} [rank {rank}/{world}]", progress, rank, world)
+        rows = mine.valid.nonzero().squeeze(1)
+        parts: list = [None] * world
+        dist.all_gather_object(parts, (rows, mine.features[rows]))
+        encoded = merge_parts(parts, mine.labels, mine.features.shape[1])
+        if rank == 0 and self.enabled:
+            self._save(path, encoded, payload)
+        dist.barrier()
+        return encoded
+
+    def _load(self, path: Path, n: int) -> Encoded | None:
+        if not path.is_file():
+            return None
+        from safetensors.torch import load_file
+
+        try:
+            tensors = load_file(str(path))
+            encoded = Encoded(tensors["features"], tensors["labels"], tensors["valid"].bool())
+        except Exception:  # noqa: BLE001 - an unreadable entry is recomputed, never trusted
+            return None
+        if len(encoded.labels) != n:
+            return None
+        self.hits += 1
+        return encoded
+
+    def _save(self, path: Path, encoded: Encoded, payload: dict) -> None:
+        from safetensors.torch import save
+
+        tensors = {"features": encoded.features.contiguous(), "labels": encoded.labels.contiguous(),
+                   "valid": encoded.valid.to(torch.uint8).contiguous()}
+        metadata = {"dipclip_features": json.dumps(payload, sort_keys=True)}
+        atomic_write_bytes(path, save(tensors, metadata=metadata))
+
+    @contextlib.contextmanager
+    def _locked(self, path: Path):
+        """An exclusive lock beside ``path`` (POSIX ``flock``; elsewhere none: atomic writes still keep
+        concurrent runs correct, they may just encode the same split twice)."""
+        try:
+            import fcntl
+        except ImportError:
+            yield
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_name(path.name + ".lock"), "a+b") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def epoch_index_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """The epoch's shuffled index batches; the last partial batch is dropped when a full one exists."""
+    order = torch.randperm(n, generator=generator)
+    stop = (n // batch_size) * batch_size if n >= batch_size else n
+    return [order[i:i + batch_size] for i in range(0, stop, batch_size)]
+
+
+class FeatureBatches:
+    """Training batches from stored features of augmentation views (see the module docstring)."""
+
+    kind = "features"
+
+    def __init__(self, backbone: Backbone, items: Sequence[Datum], batch_size: int, seed: int,
+                 views: str | int = FRESH, store: FeatureStore | None = None, workers: int = 0,
+                 skip_bad_images: bool = False, progress: bool = True):
+        self.backbone, self.items, self.batch_size, self.seed = backbone, list(items), batch_size, seed
+        self.views = parse_views(views)
+        self.store = store if store is not None else FeatureStore.default()
+        self.workers, self.skip_bad_images, self.progress = workers, skip_bad_images, progress
+        self._memo: dict[int, Encoded] = {}  # cycled views stay in memory for the run
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "views": self.views}
+
+    def encoded_view(self, view: int) -> Encoded:
+        if view in self._memo:
+            return self._memo[view]
+        encoded = self.store.view_features(self.backbone, self.items, self.seed, view, self.workers,
+                                           self.skip_bad_images, desc=f"encode view {view}", progress=self.progress)
+        if self.views != FRESH:
+            self._memo[view] = encoded
+        return encoded
+
+    def batches(self, epoch: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        encoded = self.encoded_view(view_of_epoch(self.views, epoch))
+        device = self.backbone.device
+        for index in epoch_index_batches(len(self.items), self.batch_size, generator):
+            index = index[encoded.valid[index]]
+            if len(index) == 0:
+                continue
+            yield encoded.features[index].to(device), encoded.labels[index].to(device)
+
+
+class ImageBatches:
+    """Training batches of images run through the frozen image tower at every step (the peers' way).
+
+    The same index batches and per-image augmentations as :class:`FeatureBatches` with ``views="fresh"``;
+    the numbers agree up to float rounding (the image tower sees other batch compositions). For methods
+    that need the image tower in the loop; prompt methods use :class:`FeatureBatches`.
+    """
+
+    kind = "images"
+
+    def __init__(self, backbone: Backbone, items: Sequence[Datum], batch_size: int, seed: int, workers: int = 0,
+                 skip_bad_images: bool = False):
+        self.backbone, self.items, self.batch_size, self.seed = backbone, list(items), batch_size, seed
+        self.workers, self.skip_bad_images = workers, skip_bad_images
+
+    def describe(self) -> dict:
+        return {"kind": self.kind}
+
+    def batches(self, epoch: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        dataset = make_views(self.backbone, self.items, self.seed, epoch, self.skip_bad_images)
+        index_batches = epoch_index_batches(len(self.items), self.batch_size, generator)
+        loader = batch_loader(dataset, index_batches, self.workers, self.backbone.device.type == "cuda")
+        device = self.backbone.device
+        for batch in loader:
+            if batch is None:
+                continue
+            images, labels, _ = batch
+            yield self.backbone.encode_images(images.to(device, non_blocking=True)), labels.to(device)
+
+
+def feature_store(enabled: bool = True) -> FeatureStore:
+    """The shared store (:meth:`FeatureStore.default`), or a disabled one that keeps nothing on disk."""
+    return FeatureStore.default() if enabled else FeatureStore(enabled=False)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Encode a split once and store it, on one process or sharded over several with ``torchrun``::
+
+        python -m dipclip.engine.features --model ViT-B-16 --pretrained openai --data ~/data --dataset imagenet
+        torchrun --nproc_per_node 8 -m dipclip.engine.features --model ViT-B-16 --pretrained openai \\
+            --data ~/data --dataset imagenet --split test
+
+    Every rank encodes every ``world``-th batch of 64 images (the same batches as one process, so the stored
+    features are the same); afterwards any ``dipclip eval``/``train`` on that split reads them from the store.
+    """
+    import argparse
+
+    import torch.distributed as dist
+
+    from .. import api
+    from ..backbones.loading import load_backbone
+
+    parser = argparse.ArgumentParser(prog="python -m dipclip.engine.features", description=main.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--pretrained", default="none")
+    parser.add_argument("--data", default=None)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
+    parser.add_argument("--subsample", default="all", choices=("all", "base", "new"))
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--skip-bad-images", action="store_true")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    device = args.device
+    if distributed:
+        cuda = torch.cuda.is_available() and args.device in ("auto", "cuda")
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        if cuda:
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            device = f"cuda:{local}"
+        else:
+            device = "cpu"
+    try:
+        backbone = load_backbone(args.model, args.pretrained, device=device)
+        items = api.load_data(args.data, args.dataset, None, 1, args.subsample).split(args.split)
+        store = FeatureStore.default()
+        encoded = store.test_features(backbone, items, workers=args.workers, skip_bad_images=args.skip_bad_images,
+                                      desc=f"encode {args.dataset} {args.split}")
+        if _rank_world()[0] == 0:
+            state = "read back" if store.hits else "encoded"
+            print(f"{args.dataset} {args.split}: {len(items)} images {state} ({encoded.skipped} skipped); "
+                  f"store {store.root if store.enabled else 'off'}")
+    except DipclipError as exc:
+        print(f"dipclip: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if distributed:
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
