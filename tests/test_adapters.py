@@ -34,7 +34,7 @@ def test_round_trip_gives_the_trained_classifier(trained, tiny_backbone, image_t
     classes = ["blue sky", "green leaf", "red apple"]
     model = model_from_adapter(adapter, tiny_backbone, classes)
     checkpoint = torch.load(trained / "checkpoint.pt", weights_only=True)
-    assert torch.equal(model.context.A.detach(), checkpoint["context"]["A"])
+    assert torch.equal(model.context.A.detach(), checkpoint["learned"]["context.A"])
     metrics = json.loads((trained / "metrics.json").read_text())
     again = api.evaluate(trained / "adapter", data=str(image_tree), dataset="imagefolder")
     assert again["results"]["test"] == metrics["results"]["test"]

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -57,3 +58,42 @@ def test_fewshot_curves_and_plot_command(summaries, tmp_path, capsys):
     bad.write_text(json.dumps({"rows": []}))
     assert main(["plot", str(bad)]) == 2
     assert "not a protocol summary.json" in capsys.readouterr().err
+
+
+def test_eval_every_and_analyze_on_a_real_run(tmp_path, tiny_config_path, image_tree, capsys):
+    from dipclip import api
+
+    metrics = api.train("dip", model=str(tiny_config_path), data=str(image_tree), dataset="imagefolder", shots=4,
+                        epochs=4, batch_size=4, progress=False, subsample="base", eval_every=1, out=tmp_path / "run",
+                        lr=0.05)
+    evals = [h["eval"] for h in metrics["history"]]
+    assert len(evals) == 4 and all(set(e) == {"base", "new"} for e in evals)
+    assert evals[-1] == {k: v["accuracy"] for k, v in metrics["results"].items()}
+    plain = api.train("dip", model=str(tiny_config_path), data=str(image_tree), dataset="imagefolder", shots=4,
+                      epochs=4, batch_size=4, progress=False, subsample="base", out=tmp_path / "plain", lr=0.05)
+    assert [{k: v for k, v in h.items() if k != "eval"} for h in metrics["history"]] == plain["history"]
+
+    assert main(["analyze", str(tmp_path / "run"), "--out", str(tmp_path / "analysis")]) == 0
+    assert "rho(id_prompt~new)" in capsys.readouterr().out
+    report = json.loads(next((tmp_path / "analysis").glob("*-analysis.json")).read_text())
+    assert report["epochs"] == [1, 2, 3, 4] and len(report["accuracy"]["new"]) == 4
+    assert set(report["spearman"]) == {"id_prompt~base", "id_update~base", "id_prompt~new", "id_update~new"}
+    assert_png(next((tmp_path / "analysis").glob("*-analysis.png")))
+    assert main(["analyze", str(tmp_path / "nothing")]) == 2
+
+
+def test_demo_quick_on_the_shipped_model(tmp_path, capsys):
+    from dipclip.demo import run_demo
+
+    result = run_demo(tmp_path / "demo", quick=True, device="cpu", progress=False)
+    out = capsys.readouterr().out
+    assert "| method | trainable params | base | new | HM | ID_1(P) |" in out
+    methods = [row["method"] for row in result["rows"]]
+    assert methods == ["zeroshot", "coop", "dip"]
+    params = {row["method"]: row["trainable_params"] for row in result["rows"]}
+    assert params == {"zeroshot": 0, "coop": 4 * 128, "dip": 4 + 128}
+    for row in result["rows"]:
+        assert 0 <= row["base"]["mean"] <= 100 and 0 <= row["new"]["mean"] <= 100
+    assert (tmp_path / "demo" / "demo.md").read_text().strip() == result["table"]
+    for plot in result["plots"]:
+        assert_png(Path(plot))

@@ -46,10 +46,79 @@ def test_kgcoop_loss_is_zero_at_the_hand_crafted_prompt(tiny_backbone):
     assert float(loss) == pytest.approx(8.0 * float((1 - cos).mean()), rel=1e-5) and float(loss) > 0
 
 
-def test_every_method_trains_with_its_parameter_count(tmp_path, tiny_config_path, image_tree):
-    expected = {"coop": 4 * 64, "dip": 4 + 64, "kgcoop": 4 * 64}
-    assert set(expected) <= set(METHODS)
-    for method, count in expected.items():
+META_NET_TINY = 32 * 2 + 2 + 2 * 64 + 64  # Linear(32, 2) + Linear(2, 64) at the tiny widths
+
+EXPECTED_TINY = {
+    "coop": 4 * 64, "dip": 4 + 64, "kgcoop": 4 * 64, "prograd": 4 * 64, "cocoop": 4 * 64 + META_NET_TINY,
+    "coop+dip": 4 + 64, "kgcoop+dip": 4 + 64, "prograd+dip": 4 + 64, "cocoop+dip": 4 + 64 + META_NET_TINY,
+}
+
+
+def test_every_method_trains_evaluates_and_round_trips(tmp_path, tiny_config_path, image_tree, tiny_backbone):
+    assert {name.partition("+")[0] for name in EXPECTED_TINY} == set(METHODS)
+    for method, count in EXPECTED_TINY.items():
+        out = tmp_path / method
         metrics = api.train(method, model=str(tiny_config_path), data=str(image_tree), dataset="imagefolder",
-                            shots=2, epochs=1, batch_size=3, progress=False, out=tmp_path / method)
+                            shots=2, epochs=2, batch_size=3, progress=False, out=out, subsample="base")
         assert metrics["trainable_params"] == count and metrics["method"] == method
+        assert set(metrics["results"]) == {"base", "new"}
+        again = api.evaluate(out / "adapter", data=str(image_tree), dataset="imagefolder", subsample="base",
+                             backbone=tiny_backbone)
+        assert again["results"]["base"] == metrics["results"]["base"], method
+
+
+def test_parameter_counts_at_vit_b16_widths(tmp_path):
+    import json
+
+    from dipclip.backbones.loading import load_backbone
+
+    config = {
+        "embed_dim": 512,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16, "head_width": 32},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 1},
+    }
+    path = tmp_path / "b16-widths.json"
+    path.write_text(json.dumps(config))
+    backbone = load_backbone(str(path), "none")
+    expected = {"coop": 2048, "dip": 516, "kgcoop": 2048, "prograd": 2048, "cocoop": 35_360,
+                "cocoop+dip": 33_828, "kgcoop+dip": 516}
+    for name, count in expected.items():
+        method = get_method(name)
+        assert method.build(backbone, NAMES, method.prompt_config()).num_trainable() == count, name
+
+
+def test_dip_switch_starts_from_the_methods_own_initial_model(tiny_backbone):
+    features = torch.nn.functional.normalize(torch.randn(5, 32), dim=-1)
+    for name in ("coop", "kgcoop", "prograd", "cocoop"):
+        full, low = get_method(name), get_method(f"{name}+dip")
+        assert low.prompt_defaults.parameterization == "dip" and low.name == f"{name}+dip"
+        for init in ("zero-delta", "residual-svd"):
+            a = full.build(tiny_backbone, NAMES, full.prompt_config()).eval()
+            b = low.build(tiny_backbone, NAMES, low.prompt_config(dip_init=init)).eval()
+            with torch.no_grad():
+                assert (a.logits(features) - b.logits(features)).abs().max() <= 1e-4, (name, init)
+    with pytest.raises(Exception, match=r"unknown method 'coop\+lora'"):
+        get_method("coop+lora")
+
+
+def test_prograd_projects_conflicting_gradients(tiny_backbone):
+    prograd = get_method("prograd")
+    model = prograd.build(tiny_backbone, NAMES, prograd.prompt_config())
+    features = torch.nn.functional.normalize(torch.randn(6, 32), dim=-1)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    before = model.context.ctx.detach().clone()
+    optimizer = torch.optim.SGD(model.trainable_parameters(), lr=1.0)
+    prograd.training_step(model, features, labels, optimizer)
+    step = model.context.ctx.detach() - before  # = -g (lr 1, no momentum)
+    loss, logits = prograd.loss(model, features, labels)
+    target = prograd.zero_shot_logits(model, features).softmax(-1)
+    with torch.no_grad():
+        model.context.ctx.copy_(before)
+    loss, logits = prograd.loss(model, features, labels)
+    kl = torch.nn.functional.kl_div(logits.log_softmax(-1), target, reduction="batchmean")
+    (g_ce,) = torch.autograd.grad(loss, [model.context.ctx], retain_graph=True)
+    (g_kl,) = torch.autograd.grad(kl, [model.context.ctx])
+    dot = (g_ce * g_kl).sum()
+    expected = g_ce - dot / g_kl.square().sum() * g_kl if dot < 0 else g_ce
+    assert torch.allclose(-step, expected, atol=1e-6)
+    assert float((-step * g_kl).sum()) >= -1e-6  # never against the zero-shot direction

@@ -26,7 +26,7 @@ from .adapters import load_adapter, model_from_adapter, save_adapter
 from .backbones.loading import Backbone, load_backbone
 from .data.types import DatasetSplits
 from .density import density_report, information_density
-from .engine.evaluate import evaluate_items
+from .engine.evaluate import evaluate_items, evaluate_model
 from .engine.features import feature_store
 from .engine.reproducibility import atomic_write_bytes, atomic_write_json
 from .engine.trainer import TrainConfig, Trainer
@@ -107,6 +107,7 @@ def train(
     lambda_pp: float | None = None,
     id_k: int | None = None,
     density_k: int = 1,
+    eval_every: int = 0,
     device: str = "auto",
     workers: int = 0,
     skip_bad_images: bool = False,
@@ -140,7 +141,8 @@ def train(
     prompt_cfg = prompt_method.prompt_config(**prompt_overrides)
     optim_cfg = prompt_method.optim_config(optimizer=optimizer, lr=lr)
     train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, workers=workers, density_k=density_k,
-                            skip_bad_images=skip_bad_images, views=views, feature_cache=feature_cache).validate()
+                            skip_bad_images=skip_bad_images, views=views, feature_cache=feature_cache,
+                            eval_every=eval_every).validate()
     data = resolve_data_root(data, dataset)
     if splits is None:
         splits = load_data(data, dataset, shots, seed, subsample)
@@ -152,7 +154,27 @@ def train(
         f"{prompt_method.name}: {n_params:,} trainable parameters; {len(splits.classnames)} classes, "
         f"{len(splits.train)} training images; backbone {backbone.name} ({backbone.pretrained}) on {backbone.device}"
     )
-    history = trainer.fit(splits.train, resume=resume)
+    new_splits = None
+    if subsample == "base" and data is not None and dataset is not None:
+        if prompt_cfg.class_specific:
+            raise DipclipError("a class-specific context cannot be evaluated on the new classes; drop "
+                               "--class-specific or use --subsample all")
+        new_splits = load_data(data, dataset, None, seed, "new")
+    name = "base" if subsample == "base" else ("new" if subsample == "new" else "test")
+    eval_options = dict(workers=workers, skip_bad_images=skip_bad_images, store=trainer.store)
+
+    def evaluate_all(model) -> dict:
+        results = {name: evaluate_model(model, splits.test, desc=f"eval {name}", **eval_options)}
+        if new_splits is not None:
+            model.set_classnames(new_splits.classnames)
+            results["new"] = evaluate_model(model, new_splits.test, desc="eval new", **eval_options)
+            model.set_classnames(splits.classnames)
+        return results
+
+    def accuracies(model) -> dict:
+        return {key: value["accuracy"] for key, value in evaluate_all(model).items()}
+
+    history = trainer.fit(splits.train, resume=resume, evaluate=accuracies if eval_every else None)
     config = {
         "method": prompt_method.name,
         "data": data, "dataset": dataset, "shots": shots, "seed": seed, "subsample": subsample,
@@ -160,18 +182,8 @@ def train(
         "model": model, "pretrained": pretrained, "device": str(backbone.device),
     }
     save_adapter(out / "adapter", prompt_method.name, prompt_model, extra={"train_config": config})
-    results = {}
     eval_began = time.perf_counter()
-    text_features = prompt_model.text_features(merged=True).detach()
-    name = "base" if subsample == "base" else ("new" if subsample == "new" else "test")
-    results[name] = evaluate_items(backbone, text_features, splits.test, batch_size=64, workers=workers,
-                                   skip_bad_images=skip_bad_images, desc=f"eval {name}", store=trainer.store)
-    if subsample == "base" and data is not None and dataset is not None:
-        new_splits = load_data(data, dataset, None, seed, "new")
-        prompt_model.set_classnames(new_splits.classnames)
-        new_features = prompt_model.text_features(merged=True).detach()
-        results["new"] = evaluate_items(backbone, new_features, new_splits.test, batch_size=64, workers=workers,
-                                        skip_bad_images=skip_bad_images, desc="eval new", store=trainer.store)
+    results = evaluate_all(prompt_model)
     for key, value in results.items():
         trainer.log(f"{key}: accuracy {value['accuracy']:.2f}% on {value['n']} images")
     context = prompt_model.context
@@ -261,11 +273,9 @@ def evaluate(
     backbone = backbone or _backbone_for_adapter(loaded.config, model, pretrained, device)
     splits = splits or load_data(data, dataset, None, 1, subsample)
     prompt_model = model_from_adapter(loaded, backbone, splits.classnames)
-    text_features = prompt_model.text_features(merged=True).detach()
     name = split if subsample == "all" else subsample
-    result = evaluate_items(backbone, text_features, splits.split(split), workers=workers,
-                            skip_bad_images=skip_bad_images, desc=f"eval {name}",
-                            store=feature_store(feature_cache))
+    result = evaluate_model(prompt_model, splits.split(split), workers=workers, skip_bad_images=skip_bad_images,
+                            desc=f"eval {name}", store=feature_store(feature_cache))
     metrics = {
         "dipclip_version": __version__,
         "method": loaded.method,
@@ -281,12 +291,18 @@ def evaluate(
 
 
 def _classifier(adapter: str | Path | None, backbone: Backbone, classnames: list[str], template: str):
-    """(normalised text features, method name) for an adapter, or for zero-shot with ``template``."""
+    """(logits function of image features, method name) for an adapter, or for zero-shot with ``template``.
+
+    The class text features are computed once; an image-conditioned prompt (CoCoOp) uses its own logits."""
     if adapter is None:
-        return zeroshot_text_features(backbone, classnames, [template]), "zeroshot"
+        text_features = zeroshot_text_features(backbone, classnames, [template])
+        return (lambda features: backbone.logit_scale * features @ text_features.t()), "zeroshot"
     loaded = load_adapter(adapter)
     prompt_model = model_from_adapter(loaded, backbone, classnames)
-    return prompt_model.text_features(merged=True).detach(), loaded.method
+    if prompt_model.image_conditioned:
+        return prompt_model.logits, loaded.method
+    text_features = prompt_model.text_features(merged=True).detach()
+    return (lambda features: backbone.logit_scale * features @ text_features.t()), loaded.method
 
 
 def predict(
@@ -322,11 +338,12 @@ def predict(
         backbone = backbone or _backbone_for_adapter(config, model, pretrained, device)
     else:
         backbone = backbone or load_backbone(model, pretrained or "none", device=device)
-    text_features, method_name = _classifier(adapter, backbone, classnames, template)
+    logits_of, method_name = _classifier(adapter, backbone, classnames, template)
     transform = test_transform(backbone.image_size, backbone.mean, backbone.std)
     batch = torch.stack([transform(load_rgb(str(path))) for path in images]).to(backbone.device)
     image_features = backbone.encode_images(batch)
-    probabilities = (backbone.logit_scale * image_features @ text_features.t()).softmax(dim=-1).cpu()
+    with torch.no_grad():
+        probabilities = logits_of(image_features).softmax(dim=-1).cpu()
     k = min(top_k, len(classnames))
     predictions = []
     for path, row in zip(images, probabilities, strict=True):
@@ -409,6 +426,9 @@ def export(
         raise DipclipError("no class names given; pass --classes a,b,c or --data ROOT --dataset KEY")
     backbone = backbone or _backbone_for_adapter(loaded.config, model, pretrained, device)
     prompt_model = model_from_adapter(loaded, backbone, classnames)
+    if prompt_model.image_conditioned:
+        raise DipclipError(f"{loaded.method} prompts change with every image, so there is no fixed classifier to "
+                           "export; use `dipclip predict` or the Python API")
     tensors = {
         "prompt": prompt_model.context.merged().cpu().contiguous(),
         "text_features": prompt_model.text_features(merged=True).detach().cpu().contiguous(),

@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--optimizer", choices=("sgd", "adamw"), default=None, help="default: the method's (sgd)")
     run.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the method's, 0.002)")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    run.add_argument("--eval-every", type=non_negative_int, default=0, metavar="E",
+                     help="also evaluate (base and new with --subsample base) every E epochs, into the history "
+                          "(for `dipclip analyze`; default 0: only at the end)")
     run.add_argument("--views", type=views_arg, default="fresh", metavar="fresh|N",
                      help="training augmentations: 'fresh' (default; a new random view of every image every "
                           "epoch, protocol-exact) or N views encoded once and cycled over the epochs (faster)")
@@ -256,8 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .cli_analysis import add_analysis_commands
     from .cli_data import add_data_commands
+    from .cli_demo import add_demo_commands
     from .cli_protocols import add_protocol_commands
 
+    add_demo_commands(sub)
     add_protocol_commands(sub)
     add_analysis_commands(sub)
     add_data_commands(sub)
@@ -274,6 +279,7 @@ def cmd_train(args) -> int:
         random_init=args.random_init, class_position=args.class_position, class_specific=args.class_specific,
         rank=args.rank, dip_init=args.dip_init, dip_dropout=args.dip_dropout, density_k=args.density_k,
         lambda_do=args.lambda_do, lambda_pp=args.lambda_pp, id_k=args.id_k, prompt=args.prompt,
+        eval_every=args.eval_every,
         device=args.device, workers=args.workers, skip_bad_images=args.skip_bad_images, out=args.out,
         resume=args.resume, progress=not args.quiet, views=args.views, feature_cache=args.feature_cache,
     )

@@ -66,3 +66,23 @@ def evaluate_items(backbone: Backbone, text_features: torch.Tensor, items: Seque
     if skipped:
         result["skipped_bad_images"] = skipped
     return result
+
+
+@torch.no_grad()
+def evaluate_model(model, items: Sequence[Datum], batch_size: int = 64, workers: int = 0,
+                   skip_bad_images: bool = False, desc: str = "eval", store: FeatureStore | None = None) -> dict:
+    """Accuracy of a prompt model on ``items``: class text features once (merged prompt), or, for
+    image-conditioned prompts (CoCoOp), the model's own per-image logits over stored image features."""
+    if not model.image_conditioned:
+        text_features = model.text_features(merged=True)
+        return evaluate_items(model.backbone, text_features, items, batch_size, workers, skip_bad_images, desc, store)
+    features, labels, skipped = encode_items(model.backbone, items, batch_size, workers, skip_bad_images, desc, store)
+    if len(labels) == 0:
+        return {"accuracy": 0.0, "n": 0}
+    predictions = torch.cat([model.logits(features[i: i + batch_size].to(model.backbone.device)).argmax(-1).cpu()
+                             for i in range(0, len(features), batch_size)])
+    correct = int((predictions == labels).sum())
+    result = {"accuracy": round(100.0 * correct / len(labels), 4), "n": int(len(labels)), "correct": correct}
+    if skipped:
+        result["skipped_bad_images"] = skipped
+    return result

@@ -45,6 +45,7 @@ class TrainConfig:
     density_k: int = 1
     density_energy: bool = False
     skip_bad_images: bool = False
+    eval_every: int = 0  # evaluate every E epochs during training (0: only at the end, outside the history)
     views: str | int = FRESH  # "fresh": a new augmentation every epoch; N: N cached views, cycled
     feature_cache: bool = True  # keep encoded views on disk (never changes the numbers)
 
@@ -53,6 +54,8 @@ class TrainConfig:
             raise DipclipError(f"--epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             raise DipclipError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.eval_every < 0:
+            raise DipclipError(f"--eval-every must be >= 0, got {self.eval_every}")
         if self.workers < 0:
             raise DipclipError(f"--workers must be >= 0, got {self.workers}")
         parse_views(self.views)
@@ -117,7 +120,8 @@ class Trainer:
             "method": self.method.name,
             "prompt": self.model.prompt_cfg.to_dict(),
             "optim": asdict(self.optim),
-            "train": {k: v for k, v in asdict(self.config).items() if k not in ("workers", "feature_cache")},
+            "train": {k: v for k, v in asdict(self.config).items()
+                      if k not in ("workers", "feature_cache", "eval_every")},
             "backbone": self.model.backbone.identity,
             "classes": self.model.classnames,
             "source": source.describe(),
@@ -131,7 +135,7 @@ class Trainer:
                 f"{self.checkpoint_path} belongs to a run with other settings or data; use another --out "
                 "or drop --resume to start over there"
             )
-        self.model.context.load_state_dict(state["context"])
+        self.model.load_learnable_state(state["learned"])
         self.optimizer.load_state_dict(state["optimizer"])
         return int(state["epoch"]), list(state["history"])
 
@@ -140,10 +144,14 @@ class Trainer:
         return FeatureBatches(self.model.backbone, items, cfg.batch_size, cfg.seed, cfg.views, self.store,
                               cfg.workers, cfg.skip_bad_images, progress=self.progress)
 
-    def fit(self, items: Sequence[Datum], resume: bool = False, source: BatchSource | None = None) -> list[dict]:
+    def fit(self, items: Sequence[Datum], resume: bool = False, source: BatchSource | None = None,
+            evaluate: Callable[[PromptCLIP], dict] | None = None) -> list[dict]:
         """Train for the configured epochs; returns the per-epoch history.
 
         ``source`` gives the batches (default: :meth:`default_source`, stored features of the views).
+        ``evaluate`` (with ``eval_every`` > 0) measures e.g. base/new accuracy every E epochs and at the end;
+        its result goes into the epoch's history as ``eval`` (what ``dipclip analyze`` correlates with ID).
+        It draws no random numbers, so it never changes the training.
         """
         if not items:
             raise DipclipError("the training split is empty; check the dataset and --shots")
@@ -168,41 +176,33 @@ class Trainer:
                 group["lr"] = lr
             total_loss, correct, seen, began = 0.0, 0, 0, time.perf_counter()
             batches = source.batches(epoch, generator)
-            self.model.context.train()
+            self.model.train()
             bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not self.progress,
                        dynamic_ncols=True)
             for image_features, labels in bar:
                 image_features, labels = image_features.to(device), labels.to(device)
-                loss, logits = self.step_loss(image_features, labels)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
+                loss, logits = self.method.training_step(self.model, image_features, labels, self.optimizer)
                 total_loss += float(loss.detach()) * len(labels)
                 correct += int((logits.argmax(dim=-1) == labels).sum())
                 seen += len(labels)
                 bar.set_postfix(loss=f"{total_loss / seen:.4f}")
-            self.model.context.eval()
+            self.model.eval()
             record = self._epoch_record(epoch, lr, total_loss, correct, seen)
+            if evaluate is not None and cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0
+                                                            or epoch + 1 == cfg.epochs):
+                record["eval"] = evaluate(self.model)
             history.append(record)
             seconds = time.perf_counter() - began
             self.epoch_seconds.append(round(seconds, 3))
             self.log(self._format(record, cfg.epochs, seconds))
             atomic_torch_save(self.checkpoint_path, {
                 "epoch": epoch + 1,
-                "context": self.model.context.state_dict(),
+                "learned": self.model.learnable_state(),
                 "optimizer": self.optimizer.state_dict(),
                 "history": history,
                 "fingerprint": fingerprint,
             })
         return history
-
-    def step_loss(self, image_features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model.logits(image_features)
-        loss = torch.nn.functional.cross_entropy(logits, labels)
-        extra = self.method.extra_loss(self.model, image_features, logits, labels)
-        if extra is not None:
-            loss = loss + extra
-        return loss, logits
 
     def _epoch_record(self, epoch: int, lr: float, total_loss: float, correct: int, seen: int) -> dict:
         context = self.model.context

@@ -116,6 +116,12 @@ class PromptCLIP(nn.Module):
 
     image_conditioned = False  # True when class text features depend on the image (CoCoOp)
 
+    def train(self, mode: bool = True) -> PromptCLIP:
+        """Train mode for the learned parts only: the frozen backbone stays in eval mode (BatchNorm, dropout)."""
+        super().train(mode)
+        self.backbone.model.eval()
+        return self
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for _, p in self.learnable_named_parameters()]
 
