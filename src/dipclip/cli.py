@@ -163,8 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="parameterisation of the method's context: full-rank, or DIP (P0 + Dropout(A @ B))")
     prompt.add_argument("--rank", type=positive_int, default=None, help="DIP rank r (default 1)")
     prompt.add_argument("--dip-init", choices=("zero-delta", "residual-svd"), default=None,
-                        help="DIP initialisation (default zero-delta)")
-    prompt.add_argument("--dip-dropout", type=probability, default=None, help="dropout on A @ B (default 0.1)")
+                        help="DIP initialisation (default residual-svd)")
+    prompt.add_argument("--dip-dropout", type=probability, default=None, help="dropout on A @ B while training (default 0)")
     prompt.add_argument("--density-k", type=positive_int, default=1, help="k of the ID_k logged per epoch")
     prompt.add_argument("--lambda-do", type=float, default=None,
                         help="Direct Optimisation: subtract lambda * ID_k(P) from the loss (default 0, off)")
