@@ -51,6 +51,9 @@ META_NET_TINY = 32 * 2 + 2 + 2 * 64 + 64  # Linear(32, 2) + Linear(2, 64) at the
 EXPECTED_TINY = {
     "coop": 4 * 64, "dip": 4 + 64, "kgcoop": 4 * 64, "prograd": 4 * 64, "cocoop": 4 * 64 + META_NET_TINY,
     "coop+dip": 4 + 64, "kgcoop+dip": 4 + 64, "prograd+dip": 4 + 64, "cocoop+dip": 4 + 64 + META_NET_TINY,
+    # one vision layer: MaPLe's depth is clipped to 1 (context + one Linear(64, 64)); deeper in test_methods_deep
+    "maple": 2 * 64 + 64 * 64 + 64, "maple+dip": 2 + 64 + 64 * 64 + 64,
+    "promptsrc": 4 * 64 + 4 * 64, "promptsrc+dip": 4 + 64 + 4 * 64,
 }
 
 

@@ -106,6 +106,7 @@ def train(
     lambda_do: float | None = None,
     lambda_pp: float | None = None,
     id_k: int | None = None,
+    prompt_depth: int | None = None,
     density_k: int = 1,
     eval_every: int = 0,
     device: str = "auto",
@@ -133,7 +134,7 @@ def train(
     backbone = backbone or load_backbone(model, pretrained, device=device)
     prompt_overrides = dict(n_ctx=n_ctx, class_position=class_position, class_specific=class_specific, rank=rank,
                             dip_init=dip_init, dip_dropout=dip_dropout, init_text=init_text,
-                            lambda_do=lambda_do, lambda_pp=lambda_pp, id_k=id_k)
+                            lambda_do=lambda_do, lambda_pp=lambda_pp, id_k=id_k, prompt_depth=prompt_depth)
     if init_text and n_ctx is None:
         prompt_overrides["n_ctx"] = len(backbone.tokenizer.encode(init_text))  # CoOp: n_ctx follows the init
     if random_init:
@@ -291,18 +292,23 @@ def evaluate(
 
 
 def _classifier(adapter: str | Path | None, backbone: Backbone, classnames: list[str], template: str):
-    """(logits function of image features, method name) for an adapter, or for zero-shot with ``template``.
+    """(logits function, method name, whether it takes images rather than image features) for an adapter, or
+    for zero-shot with ``template``.
 
-    The class text features are computed once; an image-conditioned prompt (CoCoOp) uses its own logits."""
+    The class text features are computed once; an image-conditioned prompt (CoCoOp) uses its own logits, and a
+    model with vision prompts (MaPLe, PromptSRC) takes the images and runs its own image tower."""
     if adapter is None:
         text_features = zeroshot_text_features(backbone, classnames, [template])
-        return (lambda features: backbone.logit_scale * features @ text_features.t()), "zeroshot"
+        return (lambda features: backbone.logit_scale * features @ text_features.t()), "zeroshot", False
     loaded = load_adapter(adapter)
     prompt_model = model_from_adapter(loaded, backbone, classnames)
+    if prompt_model.image_prompted:  # vision prompts: the model runs its own image tower on the images
+        text_features = prompt_model.text_features(merged=True).detach()
+        return (lambda images: prompt_model.logits(images, text_features)), loaded.method, True
     if prompt_model.image_conditioned:
-        return prompt_model.logits, loaded.method
+        return prompt_model.logits, loaded.method, False
     text_features = prompt_model.text_features(merged=True).detach()
-    return (lambda features: backbone.logit_scale * features @ text_features.t()), loaded.method
+    return (lambda features: backbone.logit_scale * features @ text_features.t()), loaded.method, False
 
 
 def predict(
@@ -338,12 +344,12 @@ def predict(
         backbone = backbone or _backbone_for_adapter(config, model, pretrained, device)
     else:
         backbone = backbone or load_backbone(model, pretrained or "none", device=device)
-    logits_of, method_name = _classifier(adapter, backbone, classnames, template)
+    logits_of, method_name, takes_images = _classifier(adapter, backbone, classnames, template)
     transform = test_transform(backbone.image_size, backbone.mean, backbone.std)
     batch = torch.stack([transform(load_rgb(str(path))) for path in images]).to(backbone.device)
-    image_features = backbone.encode_images(batch)
+    inputs = batch if takes_images else backbone.encode_images(batch)
     with torch.no_grad():
-        probabilities = logits_of(image_features).softmax(dim=-1).cpu()
+        probabilities = logits_of(inputs).softmax(dim=-1).cpu()
     k = min(top_k, len(classnames))
     predictions = []
     for path, row in zip(images, probabilities, strict=True):
@@ -429,6 +435,9 @@ def export(
     if prompt_model.image_conditioned:
         raise DipclipError(f"{loaded.method} prompts change with every image, so there is no fixed classifier to "
                            "export; use `dipclip predict` or the Python API")
+    if prompt_model.image_prompted:
+        raise DipclipError(f"{loaded.method} also prompts the image tower, so a classifier matrix alone cannot "
+                           "reproduce it; use `dipclip predict` or the Python API")
     tensors = {
         "prompt": prompt_model.context.merged().cpu().contiguous(),
         "text_features": prompt_model.text_features(merged=True).detach().cpu().contiguous(),

@@ -164,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("--dip-init", choices=("zero-delta", "residual-svd"), default=None,
                         help="DIP initialisation (default residual-svd)")
     prompt.add_argument("--dip-dropout", type=probability, default=None, help="dropout on A @ B while training (default 0)")
+    prompt.add_argument("--prompt-depth", type=positive_int, default=None,
+                        help="MaPLe/PromptSRC: layers with learned prompts, clipped to the towers' depth (default 9)")
     prompt.add_argument("--density-k", type=positive_int, default=1, help="k of the ID_k logged per epoch")
     prompt.add_argument("--lambda-do", type=float, default=None,
                         help="Direct Optimisation: subtract lambda * ID_k(P) from the loss (default 0, off)")
@@ -278,7 +280,7 @@ def cmd_train(args) -> int:
         random_init=args.random_init, class_position=args.class_position, class_specific=args.class_specific,
         rank=args.rank, dip_init=args.dip_init, dip_dropout=args.dip_dropout, density_k=args.density_k,
         lambda_do=args.lambda_do, lambda_pp=args.lambda_pp, id_k=args.id_k, prompt=args.prompt,
-        eval_every=args.eval_every,
+        prompt_depth=args.prompt_depth, eval_every=args.eval_every,
         device=args.device, workers=args.workers, skip_bad_images=args.skip_bad_images, out=args.out,
         resume=args.resume, progress=not args.quiet, views=args.views, feature_cache=args.feature_cache,
     )

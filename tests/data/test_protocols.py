@@ -84,5 +84,5 @@ def test_protocol_cli_and_bad_input(fx, tmp_path, tiny_config_path, capsys):
     assert code == 0 and "| dip | oxford_pets | 1 |" in capsys.readouterr().out
     assert main(["base2new", "--data", str(fx.root), "--datasets", "imagenet_r", "--methods", "dip"]) == 2
     assert "test-only" in capsys.readouterr().err
-    assert main(["fewshot", "--data", str(fx.root), "--datasets", "oxford_pets", "--methods", "maple"]) == 2
+    assert main(["fewshot", "--data", str(fx.root), "--datasets", "oxford_pets", "--methods", "no-such-method"]) == 2
     assert "unknown method" in capsys.readouterr().err

@@ -14,6 +14,7 @@ class, so :meth:`TextTower.encode_prefix` runs them once and keeps each layer's 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -121,6 +122,37 @@ class TextTower(nn.Module):
         x = x + self.positional_embedding[:length].to(x.dtype)
         mask = None if self.attn_mask is None else self.attn_mask[:length, :length]
         x = self.transformer(x, attn_mask=mask)
+        return self._pool(x, eot_index)
+
+    @property
+    def layers(self) -> int:
+        return len(self.transformer.resblocks)
+
+    def forward_deep(self, embeddings: torch.Tensor, eot_index: torch.Tensor,
+                     deep_prompts: Sequence[torch.Tensor], start: int = 1) -> torch.Tensor:
+        """Like :meth:`forward`, with layer-specific context tokens (MaPLe/PromptSRC deep prompts).
+
+        At the input of layer ``i`` (1 <= i <= len(deep_prompts)) positions ``start : start + n`` are replaced
+        by ``deep_prompts[i - 1]`` ([n, width], shared by every sequence); layer 0 sees ``embeddings`` as
+        given. No prefix cache here (the shared positions change per layer), but the same exact truncation.
+        """
+        if len(deep_prompts) >= self.layers:
+            raise DipclipError(f"{len(deep_prompts)} deep prompts need more than the {self.layers} text layers")
+        length = embeddings.shape[1]
+        x = self._cast(embeddings)
+        x = x + self.positional_embedding[:length].to(x.dtype)
+        mask = None if self.attn_mask is None else self.attn_mask[:length, :length]
+        batch_first = getattr(self.transformer, "batch_first", True)
+        for index, block in enumerate(self.transformer.resblocks):
+            if 0 < index <= len(deep_prompts):
+                deep = deep_prompts[index - 1].to(x.dtype)
+                n = deep.shape[0]
+                deep = deep.unsqueeze(0).expand(x.shape[0], -1, -1)
+                x = torch.cat([x[:, :start], deep, x[:, start + n:]], dim=1)
+            if batch_first:
+                x = block(x, attn_mask=mask)
+            else:
+                x = block(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
         return self._pool(x, eot_index)
 
     def _pool(self, x: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:

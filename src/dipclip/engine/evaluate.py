@@ -72,7 +72,10 @@ def evaluate_items(backbone: Backbone, text_features: torch.Tensor, items: Seque
 def evaluate_model(model, items: Sequence[Datum], batch_size: int = 64, workers: int = 0,
                    skip_bad_images: bool = False, desc: str = "eval", store: FeatureStore | None = None) -> dict:
     """Accuracy of a prompt model on ``items``: class text features once (merged prompt), or, for
-    image-conditioned prompts (CoCoOp), the model's own per-image logits over stored image features."""
+    image-conditioned prompts (CoCoOp), the model's own per-image logits over stored image features, or, for
+    vision prompts (MaPLe, PromptSRC), the model's own image tower over the test images."""
+    if model.image_prompted:
+        return _evaluate_prompted_images(model, items, batch_size, workers, skip_bad_images)
     if not model.image_conditioned:
         text_features = model.text_features(merged=True)
         return evaluate_items(model.backbone, text_features, items, batch_size, workers, skip_bad_images, desc, store)
@@ -85,4 +88,25 @@ def evaluate_model(model, items: Sequence[Datum], batch_size: int = 64, workers:
     result = {"accuracy": round(100.0 * correct / len(labels), 4), "n": int(len(labels)), "correct": correct}
     if skipped:
         result["skipped_bad_images"] = skipped
+    return result
+
+
+def _evaluate_prompted_images(model, items: Sequence[Datum], batch_size: int, workers: int,
+                              skip_bad_images: bool) -> dict:
+    """Models with vision prompts (MaPLe, PromptSRC): their image tower runs on the test images (no feature
+    store: the features belong to this prompt); class text features are computed once."""
+    from .features import image_batches
+
+    if not items:
+        return {"accuracy": 0.0, "n": 0}
+    text_features = model.text_features(merged=True)
+    batches = [list(range(i, min(i + batch_size, len(items)))) for i in range(0, len(items), batch_size)]
+    correct = seen = 0
+    for images, labels in image_batches(model.backbone, items, None, 0, batches, workers, skip_bad_images):
+        predictions = model.logits(images, text_features).argmax(-1).cpu()
+        correct += int((predictions == labels.cpu()).sum())
+        seen += len(labels)
+    result = {"accuracy": round(100.0 * correct / max(seen, 1), 4), "n": seen, "correct": correct}
+    if seen < len(items):
+        result["skipped_bad_images"] = len(items) - seen
     return result

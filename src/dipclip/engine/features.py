@@ -1,4 +1,4 @@
-"""Image features computed once and reused, and the two kinds of training batches the trainer consumes.
+"""Image features computed once and reused, and the kinds of training batches the trainer consumes.
 
 Prompt methods that only learn text-side context (CoOp, DIP, ...) never change the image tower, so an
 image's features depend only on (backbone, image file, transform, augmentation draw). The
@@ -408,6 +408,44 @@ class ImageBatches:
                 continue
             images, labels, _ = batch
             yield self.backbone.encode_images(images.to(device, non_blocking=True)), labels.to(device)
+
+
+class PromptedImageBatches:
+    """Training batches of augmented images themselves, for models whose image features depend on learned
+    prompts (MaPLe, PromptSRC): the model runs the image tower with gradients, ``model.logits(images)``.
+
+    The same index batches and per-image augmentations as :class:`ImageBatches` (drawn from (seed, epoch)
+    and (seed, view, index)), so a resumed run sees the same images as an uninterrupted one.
+    """
+
+    kind = "prompted-images"
+
+    def __init__(self, backbone: Backbone, items: Sequence[Datum], batch_size: int, seed: int, workers: int = 0,
+                 skip_bad_images: bool = False):
+        self.backbone, self.items, self.batch_size, self.seed = backbone, list(items), batch_size, seed
+        self.workers, self.skip_bad_images = workers, skip_bad_images
+
+    def describe(self) -> dict:
+        return {"kind": self.kind}
+
+    def batches(self, epoch: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        yield from image_batches(self.backbone, self.items, self.seed, epoch,
+                                 epoch_index_batches(len(self.items), self.batch_size, generator),
+                                 self.workers, self.skip_bad_images)
+
+
+def image_batches(backbone: Backbone, items: Sequence[Datum], seed: int | None, view: int,
+                  index_batches: Sequence[Sequence[int]], workers: int = 0, skip_bad_images: bool = False
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(image tensors, labels) of ``items`` in ``index_batches``: test images (``seed=None``) or a training view."""
+    dataset = make_views(backbone, items, seed, view, skip_bad_images)
+    loader = batch_loader(dataset, index_batches, workers, backbone.device.type == "cuda")
+    device = backbone.device
+    for batch in loader:
+        if batch is None:
+            continue
+        images, labels, _ = batch
+        yield images.to(device, non_blocking=True), labels.to(device)
 
 
 def feature_store(enabled: bool = True) -> FeatureStore:

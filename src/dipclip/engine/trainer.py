@@ -2,12 +2,16 @@
 
 Each epoch re-seeds python/numpy/torch from (seed, epoch), so a run resumed from its last epoch checkpoint
 draws the same batches, augmentations and dropout masks as an uninterrupted run and ends with the same
-numbers. The frozen image tower runs under ``no_grad``: only the learned context gets gradients.
+numbers. The frozen image tower runs under ``no_grad`` (only the learned prompts get gradients), except inside
+models with vision prompts, where gradients flow through it to those prompts.
 
 The trainer does not care where image features come from: a batch source yields ``(features, labels)``
 per epoch. By default it is :class:`~dipclip.engine.features.FeatureBatches` (augmented views encoded ahead
 and kept in the feature store, ``views="fresh"`` or a number of cycled views); a method that needs the image
 tower in the loop passes :class:`~dipclip.engine.features.ImageBatches` to :meth:`Trainer.fit` instead.
+A model whose image features depend on its own prompts (``image_prompted``: MaPLe, PromptSRC) gets
+:class:`~dipclip.engine.features.PromptedImageBatches`: the batches are augmented images and the model runs
+the image tower itself, with gradients to its vision prompts.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from ..data.types import Datum
 from ..density import density_report
 from ..errors import DipclipError
 from ..methods.base import OptimConfig, PromptCLIP, PromptMethod
-from .features import FRESH, FeatureBatches, FeatureStore, parse_views
+from .features import FRESH, FeatureBatches, FeatureStore, PromptedImageBatches, parse_views
 from .reproducibility import atomic_torch_save, epoch_seed, seed_everything
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -137,10 +141,16 @@ class Trainer:
             )
         self.model.load_learnable_state(state["learned"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.method.load_training_state(state.get("method_state", {}))
         return int(state["epoch"]), list(state["history"])
 
-    def default_source(self, items: Sequence[Datum]) -> FeatureBatches:
+    def default_source(self, items: Sequence[Datum]) -> BatchSource:
+        """Stored features of the views, or the images themselves when the model's image features depend on
+        its prompts (``image_prompted``: MaPLe, PromptSRC); the loop is the same either way."""
         cfg = self.config
+        if self.model.image_prompted:
+            return PromptedImageBatches(self.model.backbone, items, cfg.batch_size, cfg.seed, cfg.workers,
+                                        cfg.skip_bad_images)
         return FeatureBatches(self.model.backbone, items, cfg.batch_size, cfg.seed, cfg.views, self.store,
                               cfg.workers, cfg.skip_bad_images, progress=self.progress)
 
@@ -159,6 +169,7 @@ class Trainer:
         source = source if source is not None else self.default_source(items)
         fingerprint = self._fingerprint(items, source)
         start, history = 0, []
+        self.method.load_training_state({})
         if self.checkpoint_path.exists():
             if not resume:
                 raise DipclipError(
@@ -179,14 +190,15 @@ class Trainer:
             self.model.train()
             bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not self.progress,
                        dynamic_ncols=True)
-            for image_features, labels in bar:
-                image_features, labels = image_features.to(device), labels.to(device)
-                loss, logits = self.method.training_step(self.model, image_features, labels, self.optimizer)
+            for inputs, labels in bar:  # image features, or images for an image-prompted model
+                inputs, labels = inputs.to(device), labels.to(device)
+                loss, logits = self.method.training_step(self.model, inputs, labels, self.optimizer)
                 total_loss += float(loss.detach()) * len(labels)
                 correct += int((logits.argmax(dim=-1) == labels).sum())
                 seen += len(labels)
                 bar.set_postfix(loss=f"{total_loss / seen:.4f}")
             self.model.eval()
+            self.method.end_epoch(self.model, epoch, cfg.epochs)  # e.g. PromptSRC's prompt aggregation
             record = self._epoch_record(epoch, lr, total_loss, correct, seen)
             if evaluate is not None and cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0
                                                             or epoch + 1 == cfg.epochs):
@@ -201,7 +213,9 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "history": history,
                 "fingerprint": fingerprint,
+                "method_state": self.method.training_state(),
             })
+        self.method.end_training(self.model, cfg.epochs)
         return history
 
     def _epoch_record(self, epoch: int, lr: float, total_loss: float, correct: int, seen: int) -> dict:

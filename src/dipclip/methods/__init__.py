@@ -8,10 +8,13 @@ from .cocoop import CoCoOp
 from .coop import CoOp
 from .dip import DIP
 from .kgcoop import KgCoOp
+from .maple import MaPLe
 from .prograd import ProGrad
+from .promptsrc import PromptSRC
 
 METHODS: dict[str, type[PromptMethod]] = {
-    "coop": CoOp, "dip": DIP, "cocoop": CoCoOp, "kgcoop": KgCoOp, "prograd": ProGrad,
+    "coop": CoOp, "dip": DIP, "cocoop": CoCoOp, "kgcoop": KgCoOp, "prograd": ProGrad, "maple": MaPLe,
+    "promptsrc": PromptSRC,
 }
 
 

@@ -29,12 +29,13 @@ class PromptConfig:
     class_specific: bool = False
     parameterization: str = "full"  # "full" (CoOp) or "dip" (P0 + Dropout(A @ B))
     rank: int = 1
-    dip_init: str = "zero-delta"
-    dip_dropout: float = 0.1
+    dip_init: str = "residual-svd"
+    dip_dropout: float = 0.0
     init_seed: int = 0  # for random contexts and DIP's random factor: part of the adapter, so P0 is rebuilt exactly
     lambda_do: float = 0.0  # Direct Optimisation: loss -= lambda_do * ID_k(P)
     lambda_pp: float = 0.0  # Positional Penalty: loss += lambda_pp * sum_i w_i s_i / sum_i s_i, w_i = (i-1)/(m-1)
     id_k: int = 1  # the k of both ID levers
+    prompt_depth: int = 1  # deep prompts (MaPLe, PromptSRC): layers 0..depth-1 get learned tokens; 1 = input only
 
     def validate(self) -> PromptConfig:
         if self.n_ctx < 1:
@@ -51,6 +52,8 @@ class PromptConfig:
             raise DipclipError(f"DIP rank must be between 1 and n_ctx ({self.n_ctx}), got {self.rank}")
         if self.lambda_do < 0 or self.lambda_pp < 0:
             raise DipclipError("--lambda-do and --lambda-pp must be >= 0")
+        if self.prompt_depth < 1:
+            raise DipclipError(f"prompt depth must be >= 1, got {self.prompt_depth}")
         if not 1 <= self.id_k <= self.n_ctx:
             raise DipclipError(f"--id-k must be between 1 and n_ctx ({self.n_ctx}), got {self.id_k}")
         return self
@@ -59,13 +62,28 @@ class PromptConfig:
         return asdict(self)
 
 
-def context_init(backbone: Backbone, cfg: PromptConfig, n_classes: int) -> torch.Tensor:
-    """The starting context: the init text's word embeddings (n_ctx = its token count), or N(0, 0.02)."""
+def init_tail(backbone: Backbone, cfg: PromptConfig) -> str:
+    """The words of the init text after its first n_ctx tokens ("of a" for MaPLe's 2 tokens of "a photo of
+    a"): kept as fixed words before the class name by methods that allow a longer init text."""
+    if not cfg.init_text:
+        return ""
+    tokens = backbone.tokenizer.encode(cfg.init_text)
+    if len(tokens) <= cfg.n_ctx:
+        return ""
+    return backbone.tokenizer.decode(tokens[cfg.n_ctx:]).strip()
+
+
+def context_init(backbone: Backbone, cfg: PromptConfig, n_classes: int, keep_tail: bool = False) -> torch.Tensor:
+    """The starting context: the init text's word embeddings (n_ctx = its token count), or N(0, 0.02).
+
+    With ``keep_tail`` the init text may be longer than n_ctx: its first n_ctx tokens initialise the context
+    and the rest stays as fixed words (:func:`init_tail`), MaPLe's convention; CoOp asks for an exact match.
+    """
     width = backbone.text.width
     if cfg.init_text:
         ids = backbone.tokenize([cfg.init_text])
         n_tokens = len(backbone.tokenizer.encode(cfg.init_text))
-        if n_tokens != cfg.n_ctx:
+        if n_tokens != cfg.n_ctx and not (keep_tail and n_tokens > cfg.n_ctx):
             raise DipclipError(
                 f"init text {cfg.init_text!r} has {n_tokens} tokens but n_ctx is {cfg.n_ctx}; "
                 f"pass --n-ctx {n_tokens} or another init text"
@@ -81,14 +99,23 @@ def context_init(backbone: Backbone, cfg: PromptConfig, n_classes: int) -> torch
     return init
 
 
-def build_context(backbone: Backbone, cfg: PromptConfig, n_classes: int) -> nn.Module:
-    init = context_init(backbone, cfg, n_classes)
+def parameterize(init: torch.Tensor, cfg: PromptConfig, device: torch.device, seed_offset: int = 0) -> nn.Module:
+    """A prompt matrix starting at ``init``: learned directly (full) or as DIP's ``P0 + Dropout(A @ B)``.
+
+    The DIP factor is drawn from ``init_seed + seed_offset``, so each matrix of a deep method is rebuilt
+    exactly from the adapter's config.
+    """
     if cfg.parameterization == "full":
-        return FullRankContext(init)
+        return FullRankContext(init).to(device)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.init_seed)
-        context = LowRankContext(init.cpu(), rank=cfg.rank, init_mode=cfg.dip_init, dropout=cfg.dip_dropout)
-    return context.to(backbone.device)
+        torch.manual_seed(cfg.init_seed + seed_offset)
+        context = LowRankContext(init.cpu(), rank=min(cfg.rank, *init.shape[-2:]), init_mode=cfg.dip_init,
+                                 dropout=cfg.dip_dropout)
+    return context.to(device)
+
+
+def build_context(backbone: Backbone, cfg: PromptConfig, n_classes: int, keep_tail: bool = False) -> nn.Module:
+    return parameterize(context_init(backbone, cfg, n_classes, keep_tail), cfg, backbone.device)
 
 
 class PromptCLIP(nn.Module):
@@ -98,8 +125,13 @@ class PromptCLIP(nn.Module):
         super().__init__()
         self.prompt_cfg = prompt_cfg.validate()
         self.backbone = backbone
-        self.context = build_context(backbone, prompt_cfg, len(classnames))
-        self.class_prompts = ClassPrompts(backbone, classnames, prompt_cfg.n_ctx, prompt_cfg.class_position)
+        self.context = build_context(backbone, prompt_cfg, len(classnames), self.keeps_init_tail)
+        self.fixed_words = init_tail(backbone, prompt_cfg) if self.keeps_init_tail else ""
+        self.class_prompts = self._class_prompts(classnames)
+
+    def _class_prompts(self, classnames: list[str]) -> ClassPrompts:
+        cfg = self.prompt_cfg
+        return ClassPrompts(self.backbone, classnames, cfg.n_ctx, cfg.class_position, fixed_words=self.fixed_words)
 
     @property
     def classnames(self) -> list[str]:
@@ -112,9 +144,11 @@ class PromptCLIP(nn.Module):
                 "a class-specific context cannot be applied to a different class list; "
                 "use a shared context (no --class-specific) to evaluate on new classes"
             )
-        self.class_prompts = ClassPrompts(self.backbone, classnames, self.prompt_cfg.n_ctx, self.prompt_cfg.class_position)
+        self.class_prompts = self._class_prompts(classnames)
 
     image_conditioned = False  # True when class text features depend on the image (CoCoOp)
+    image_prompted = False  # True when image features depend on learned prompts: logits() takes raw images (MaPLe)
+    keeps_init_tail = False  # True: an init text longer than n_ctx keeps its tail as fixed words (MaPLe)
 
     def train(self, mode: bool = True) -> PromptCLIP:
         """Train mode for the learned parts only: the frozen backbone stays in eval mode (BatchNorm, dropout)."""
@@ -209,6 +243,19 @@ class PromptMethod:
         loss = nn.functional.cross_entropy(logits, labels)
         extra = self.extra_loss(model, image_features, logits, labels)
         return (loss if extra is None else loss + extra), logits
+
+    def end_epoch(self, model: PromptCLIP, epoch: int, epochs: int) -> None:
+        """Called after each epoch's last step (0-based ``epoch``); PromptSRC aggregates its prompts here."""
+
+    def end_training(self, model: PromptCLIP, epochs: int) -> None:
+        """Called once after the last epoch, before the adapter is saved (PromptSRC loads its aggregate)."""
+
+    def training_state(self) -> dict[str, torch.Tensor]:
+        """Tensors the method keeps across epochs; stored in the checkpoint so ``--resume`` stays exact."""
+        return {}
+
+    def load_training_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore :meth:`training_state` (an empty dict: a fresh run)."""
 
     def training_step(self, model: PromptCLIP, image_features: torch.Tensor, labels: torch.Tensor,
                       optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, torch.Tensor]:

@@ -38,10 +38,12 @@ class ClassPrompts(nn.Module):
     """Frozen token embeddings of the class prompts, and ``forward(ctx) -> text features [C, D]``."""
 
     def __init__(self, backbone: Backbone, classnames: list[str], n_ctx: int, position: str = "end",
-                 chunk_tokens: int = CHUNK_TOKENS):
+                 chunk_tokens: int = CHUNK_TOKENS, fixed_words: str = ""):
         super().__init__()
         if position not in CLASS_POSITIONS:
             raise DipclipError(f"unknown class token position {position!r}; use one of {', '.join(CLASS_POSITIONS)}")
+        if fixed_words and position != "end":
+            raise DipclipError("fixed words after the context (MaPLe's init tail) need the class name at the end")
         if not classnames:
             raise DipclipError("the class list is empty; give at least one class name")
         self.text = backbone.text
@@ -49,6 +51,9 @@ class ClassPrompts(nn.Module):
         self.position = position
         self.classnames = [clean_classname(c) for c in classnames]
         placeholder = " ".join(["X"] * n_ctx)
+        if fixed_words:  # frozen words between the context and the class name ("X X of a <name>.")
+            placeholder = f"{placeholder} {fixed_words}"
+        self.fixed_words = fixed_words
         sentences = [f"{placeholder} {name}." for name in self.classnames]
         context_length = backbone.text.context_length
         for name, sentence in zip(self.classnames, sentences, strict=True):
