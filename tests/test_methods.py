@@ -54,6 +54,8 @@ EXPECTED_TINY = {
     # one vision layer: MaPLe's depth is clipped to 1 (context + one Linear(64, 64)); deeper in test_methods_deep
     "maple": 2 * 64 + 64 * 64 + 64, "maple+dip": 2 + 64 + 64 * 64 + 64,
     "promptsrc": 4 * 64 + 4 * 64, "promptsrc+dip": 4 + 64 + 4 * 64,
+    # DePT on the 2 base classes: cwT on text and image (2 x (32 + 32)) and a Linear(32, 2) head
+    "dept": 4 * 64 + 128 + 32 * 2 + 2, "dept+dip": 4 + 64 + 128 + 32 * 2 + 2,
 }
 
 
@@ -84,7 +86,8 @@ def test_parameter_counts_at_vit_b16_widths(tmp_path):
     path.write_text(json.dumps(config))
     backbone = load_backbone(str(path), "none")
     expected = {"coop": 2048, "dip": 516, "kgcoop": 2048, "prograd": 2048, "cocoop": 35_360,
-                "cocoop+dip": 33_828, "kgcoop+dip": 516}
+                "cocoop+dip": 33_828, "kgcoop+dip": 516,
+                "dept": 2048 + 4 * 512 + 3 * 512 + 3, "dept+dip": 516 + 4 * 512 + 3 * 512 + 3}  # 3 classes here
     for name, count in expected.items():
         method = get_method(name)
         assert method.build(backbone, NAMES, method.prompt_config()).num_trainable() == count, name
@@ -92,7 +95,7 @@ def test_parameter_counts_at_vit_b16_widths(tmp_path):
 
 def test_dip_switch_starts_from_the_methods_own_initial_model(tiny_backbone):
     features = torch.nn.functional.normalize(torch.randn(5, 32), dim=-1)
-    for name in ("coop", "kgcoop", "prograd", "cocoop"):
+    for name in ("coop", "kgcoop", "prograd", "cocoop", "dept"):
         full, low = get_method(name), get_method(f"{name}+dip")
         assert low.prompt_defaults.parameterization == "dip" and low.name == f"{name}+dip"
         for init in ("zero-delta", "residual-svd"):
@@ -125,3 +128,23 @@ def test_prograd_projects_conflicting_gradients(tiny_backbone):
     expected = g_ce - dot / g_kl.square().sum() * g_kl if dot < 0 else g_ce
     assert torch.allclose(-step, expected, atol=1e-6)
     assert float((-step * g_kl).sum()) >= -1e-6  # never against the zero-shot direction
+
+
+def test_dept_fuses_its_head_on_training_classes_only(tiny_backbone):
+    dept = get_method("dept")
+    model = dept.build(tiny_backbone, NAMES, dept.prompt_config()).eval()
+    features = torch.nn.functional.normalize(torch.randn(4, 32), dim=-1)
+    with torch.no_grad():
+        fused = model.logits(features)
+        text = torch.nn.functional.normalize(model.class_prompts(model.context()), dim=-1)
+        similarity = tiny_backbone.logit_scale * features @ text.t()
+        head = model.head(features)  # cwT is the identity at init
+        assert torch.allclose(fused, 0.3 * similarity + 0.7 * head, atol=1e-5)
+        assert model.image_conditioned
+        model.set_classnames(["tree", "car"])
+        assert not model.image_conditioned
+        other = torch.nn.functional.normalize(model.class_prompts(model.context()), dim=-1)
+        assert torch.allclose(model.logits(features), tiny_backbone.logit_scale * features @ other.t(), atol=1e-5)
+    groups = model.param_groups()
+    assert [g["lr_scale"] for g in groups] == [1.0, 6.5]
+    assert sum(p.numel() for p in groups[1]["params"]) == 4 * 32 + 32 * 3 + 3

@@ -53,8 +53,9 @@ def save_adapter(out_dir: str | Path, method: str, model: PromptCLIP, extra: dic
         "trainable_params": model.num_trainable(),
         "backbone": model.backbone.describe(),
     }
-    if model.prompt_cfg.class_specific:
-        config["classnames"] = model.classnames  # class-specific contexts belong to these classes, in this order
+    if model.prompt_cfg.class_specific or model.has_class_head:
+        # class-specific contexts and class heads (DePT) belong to these classes, in this order
+        config["classnames"] = model.train_classnames
     config.update(extra or {})
     atomic_write_bytes(out / WEIGHTS_NAME, save(tensors, metadata={"format": FORMAT, "method": method}))
     atomic_write_json(out / CONFIG_NAME, config)
@@ -91,11 +92,15 @@ def check_compatible(adapter: Adapter, backbone: Backbone) -> None:
 def model_from_adapter(adapter: Adapter, backbone: Backbone, classnames: list[str] | None = None) -> PromptCLIP:
     """Rebuild the prompt model on ``backbone`` for ``classnames`` (default: the adapter's own classes)."""
     check_compatible(adapter, backbone)
-    classnames = classnames or adapter.config.get("classnames")
+    trained_on = adapter.config.get("classnames")
+    classnames = classnames or trained_on
     if not classnames:
         raise DipclipError("no class names given; pass --classes or --data/--dataset")
     method = get_method(adapter.method)
-    model = method.build(backbone, list(classnames), adapter.prompt_config)
+    # built on the training classes (a class head's shape depends on them), then pointed at the asked ones
+    model = method.build(backbone, list(trained_on or classnames), adapter.prompt_config)
     model.load_learnable_state(adapter.tensors)
+    if list(classnames) != model.classnames:
+        model.set_classnames(list(classnames))
     model.eval()
     return model

@@ -112,7 +112,7 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.progress = progress
         self.log = log or (lambda line: tqdm.write(line, file=sys.stderr))
-        self.optimizer = make_optimizer(model.trainable_parameters(), optim)
+        self.optimizer = make_optimizer(model.param_groups(), optim)
         self.epoch_seconds: list[float] = []  # wall time, kept apart from the (bit-reproducible) history
 
     @property
@@ -184,7 +184,7 @@ class Trainer:
             generator = seed_everything(epoch_seed(cfg.seed, epoch))
             lr = learning_rate(self.optim, epoch, cfg.epochs)
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)  # a method may give new layers a larger lr (DePT)
             total_loss, correct, seen, began = 0.0, 0, 0, time.perf_counter()
             batches = source.batches(epoch, generator)
             self.model.train()

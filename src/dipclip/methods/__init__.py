@@ -6,6 +6,7 @@ from ..errors import DipclipError
 from .base import OptimConfig, PromptCLIP, PromptConfig, PromptMethod
 from .cocoop import CoCoOp
 from .coop import CoOp
+from .dept import DePT
 from .dip import DIP
 from .kgcoop import KgCoOp
 from .maple import MaPLe
@@ -15,6 +16,7 @@ from .promptsrc import PromptSRC
 METHODS: dict[str, type[PromptMethod]] = {
     "coop": CoOp, "dip": DIP, "cocoop": CoCoOp, "kgcoop": KgCoOp, "prograd": ProGrad, "maple": MaPLe,
     "promptsrc": PromptSRC,
+    "dept": DePT,
 }
 
 

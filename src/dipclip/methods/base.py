@@ -128,6 +128,9 @@ class PromptCLIP(nn.Module):
         self.context = build_context(backbone, prompt_cfg, len(classnames), self.keeps_init_tail)
         self.fixed_words = init_tail(backbone, prompt_cfg) if self.keeps_init_tail else ""
         self.class_prompts = self._class_prompts(classnames)
+        self.train_classnames = list(self.class_prompts.classnames)
+
+    has_class_head = False  # True when learned tensors are tied to the training classes (DePT's linear head)
 
     def _class_prompts(self, classnames: list[str]) -> ClassPrompts:
         cfg = self.prompt_cfg
@@ -158,6 +161,10 @@ class PromptCLIP(nn.Module):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for _, p in self.learnable_named_parameters()]
+
+    def param_groups(self) -> list[dict]:
+        """Optimizer groups; ``lr_scale`` multiplies the scheduled learning rate of a group."""
+        return [{"params": self.trainable_parameters(), "lr_scale": 1.0}]
 
     def learnable_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """Everything the method learns (the frozen backbone is excluded by requires_grad)."""
