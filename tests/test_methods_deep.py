@@ -246,3 +246,17 @@ def test_cli_prompt_depth_predict_and_export(tmp_path, deep_config_path, image_t
     assert predicted["method"] == "maple" and len(predicted["predictions"][0]["top"]) == 3
     with pytest.raises(DipclipError, match="prompts the image tower"):
         api.export(out / "adapter", classnames=["a", "b"], out=tmp_path / "export")
+
+
+def test_promptsrc_vision_prompts_as_dip_option(deep_backbone):
+    images = torch.randn(3, 3, 32, 32)
+    full, low = get_method("promptsrc"), get_method("promptsrc+dip")
+    a = full.build(deep_backbone, NAMES, full.prompt_config()).eval()
+    b = low.build(deep_backbone, NAMES, low.prompt_config(vision_dip=True)).eval()
+    assert all(m.kind == "dip" for m in b.vision_ctx)
+    plain_dip = low.build(deep_backbone, NAMES, low.prompt_config())
+    vision_width, n_vision = deep_backbone.model.visual.class_embedding.shape[-1], 4
+    saved = len(b.vision_ctx) * (n_vision * vision_width - (n_vision + vision_width))  # rank 1 per layer
+    assert plain_dip.num_trainable() - b.num_trainable() == saved
+    with torch.no_grad():
+        assert (a.logits(images) - b.logits(images)).abs().max() <= 1e-5

@@ -103,6 +103,7 @@ def train(
     dip_init: str | None = None,
     dip_dropout: float | None = None,
     prompt: str | None = None,
+    vision_dip: bool | None = None,
     lambda_do: float | None = None,
     lambda_pp: float | None = None,
     id_k: int | None = None,
@@ -134,7 +135,7 @@ def train(
     backbone = backbone or load_backbone(model, pretrained, device=device)
     prompt_overrides = dict(n_ctx=n_ctx, class_position=class_position, class_specific=class_specific, rank=rank,
                             dip_init=dip_init, dip_dropout=dip_dropout, init_text=init_text,
-                            lambda_do=lambda_do, lambda_pp=lambda_pp, id_k=id_k, prompt_depth=prompt_depth)
+                            lambda_do=lambda_do, lambda_pp=lambda_pp, id_k=id_k, vision_dip=vision_dip, prompt_depth=prompt_depth)
     if init_text and n_ctx is None:
         prompt_overrides["n_ctx"] = len(backbone.tokenizer.encode(init_text))  # CoOp: n_ctx follows the init
     if random_init:

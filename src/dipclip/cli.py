@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("--class-specific", action="store_true", default=None, help="one context per class")
     prompt.add_argument("--prompt", choices=("full", "dip"), default=None,
                         help="parameterisation of the method's context: full-rank, or DIP (P0 + Dropout(A @ B))")
+    prompt.add_argument("--vision-dip", action="store_true", default=None,
+                        help="with --prompt dip: the independent vision prompt matrices as DIP too (PromptSRC)")
     prompt.add_argument("--rank", type=positive_int, default=None, help="DIP rank r (default 1)")
     prompt.add_argument("--dip-init", choices=("zero-delta", "residual-svd"), default=None,
                         help="DIP initialisation (default residual-svd)")
@@ -279,7 +281,7 @@ def cmd_train(args) -> int:
         optimizer=args.optimizer, lr=args.lr, n_ctx=args.n_ctx, init_text=args.init_text,
         random_init=args.random_init, class_position=args.class_position, class_specific=args.class_specific,
         rank=args.rank, dip_init=args.dip_init, dip_dropout=args.dip_dropout, density_k=args.density_k,
-        lambda_do=args.lambda_do, lambda_pp=args.lambda_pp, id_k=args.id_k, prompt=args.prompt,
+        lambda_do=args.lambda_do, lambda_pp=args.lambda_pp, id_k=args.id_k, prompt=args.prompt, vision_dip=args.vision_dip,
         prompt_depth=args.prompt_depth, eval_every=args.eval_every,
         device=args.device, workers=args.workers, skip_bad_images=args.skip_bad_images, out=args.out,
         resume=args.resume, progress=not args.quiet, views=args.views, feature_cache=args.feature_cache,

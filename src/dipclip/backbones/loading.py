@@ -7,7 +7,6 @@ and a missing download fails in seconds with a message that says what was looked
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import DipclipError
+from .precision import autocast_for
 from .text_tower import TextTower
 
 # Seed for `--pretrained none`: random weights must be the same at every load, or an adapter trained on
@@ -77,13 +77,6 @@ class Backbone:
             "embed_dim": self.text.output_dim,
             "image_size": self.image_size,
         }
-
-
-def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA, plain fp32 elsewhere (CPU and MPS stay exact)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def resolve_device(device: str | None) -> torch.device:

@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import DipclipError
+from .precision import cuda_autocast
 
 
 @dataclass
@@ -106,6 +107,7 @@ class TextTower(nn.Module):
         cast_dtype = self.transformer.get_cast_dtype() if hasattr(self.transformer, "get_cast_dtype") else None
         return embeddings if cast_dtype is None else embeddings.to(cast_dtype)
 
+    @cuda_autocast
     def forward(self, embeddings: torch.Tensor, eot_index: torch.Tensor,
                 prefix: PrefixCache | None = None) -> torch.Tensor:
         """Text features [B, output_dim] of prompt embeddings [B, L, width], pooled at ``eot_index``.
@@ -128,6 +130,7 @@ class TextTower(nn.Module):
     def layers(self) -> int:
         return len(self.transformer.resblocks)
 
+    @cuda_autocast
     def forward_deep(self, embeddings: torch.Tensor, eot_index: torch.Tensor,
                      deep_prompts: Sequence[torch.Tensor], start: int = 1) -> torch.Tensor:
         """Like :meth:`forward`, with layer-specific context tokens (MaPLe/PromptSRC deep prompts).
@@ -162,6 +165,7 @@ class TextTower(nn.Module):
             return x
         return proj(x) if isinstance(proj, nn.Linear) else x @ proj
 
+    @cuda_autocast
     def encode_prefix(self, prefix: torch.Tensor) -> PrefixCache:
         """Run the shared leading positions ``[P, width]`` once; keep every layer's keys and values."""
         if not self.supports_prefix_cache:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import DipclipError
+from .precision import autocast_for
 
 
 class VisionTower(nn.Module):
@@ -40,7 +41,13 @@ class VisionTower(nn.Module):
     def forward(self, images: torch.Tensor, prompts: torch.Tensor | None = None,
                 deep_prompts: Sequence[torch.Tensor] = ()) -> torch.Tensor:
         """Image features [B, D]. ``prompts`` [n, width] are appended after the patch tokens (before
-        ``ln_pre``); ``deep_prompts[i]`` replaces those n tokens at the input of layer i + 1."""
+        ``ln_pre``); ``deep_prompts[i]`` replaces those n tokens at the input of layer i + 1.
+        Runs under bf16 autocast on CUDA; returns fp32."""
+        with autocast_for(images.device):
+            return self._forward(images, prompts, deep_prompts).float()
+
+    def _forward(self, images: torch.Tensor, prompts: torch.Tensor | None,
+                 deep_prompts: Sequence[torch.Tensor]) -> torch.Tensor:
         v = self.visual
         x = v.conv1(images)
         x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)

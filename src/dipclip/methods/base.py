@@ -35,6 +35,7 @@ class PromptConfig:
     lambda_do: float = 0.0  # Direct Optimisation: loss -= lambda_do * ID_k(P)
     lambda_pp: float = 0.0  # Positional Penalty: loss += lambda_pp * sum_i w_i s_i / sum_i s_i, w_i = (i-1)/(m-1)
     id_k: int = 1  # the k of both ID levers
+    vision_dip: bool = False  # with parameterization "dip": also the independent vision prompts (PromptSRC)
     prompt_depth: int = 1  # deep prompts (MaPLe, PromptSRC): layers 0..depth-1 get learned tokens; 1 = input only
 
     def validate(self) -> PromptConfig:

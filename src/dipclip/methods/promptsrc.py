@@ -30,7 +30,7 @@ from torch import nn
 
 from ..backbones.loading import Backbone
 from ..prompts.class_prompts import clean_classname
-from .base import OptimConfig, PromptCLIP, PromptConfig, PromptMethod, density_levers
+from .base import OptimConfig, PromptCLIP, PromptConfig, PromptMethod, density_levers, parameterize
 from .maple import DeepPromptCLIP
 
 # The 60 of CLIP's 80 ImageNet prompt templates (OpenAI's prompt-engineering notebook) that PromptSRC averages.
@@ -62,10 +62,18 @@ class PromptSRCCLIP(DeepPromptCLIP):
         super().__init__(backbone, classnames, prompt_cfg)
         generator = torch.Generator().manual_seed(prompt_cfg.init_seed + 2)
         inits = torch.randn(self.depth, N_CTX_VISION, self.vision.width, generator=generator) * 0.02
-        self.vision_ctx = nn.ParameterList(nn.Parameter(init.to(backbone.device)) for init in inits)
+        if prompt_cfg.parameterization == "dip" and prompt_cfg.vision_dip:
+            # the vision prompt matrices as DIP too (the paper found little gain there: off by default)
+            self.vision_ctx = nn.ModuleList(parameterize(init, prompt_cfg, backbone.device, seed_offset=100 + i)
+                                            for i, init in enumerate(inits))
+        else:
+            self.vision_ctx = nn.ParameterList(nn.Parameter(init.to(backbone.device)) for init in inits)
 
     def vision_prompts(self, merged: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        prompts = list(self.vision_ctx)
+        if isinstance(self.vision_ctx, nn.ModuleList):
+            prompts = [m.merged() if merged else m() for m in self.vision_ctx]
+        else:
+            prompts = list(self.vision_ctx)
         return prompts[0], prompts[1:]
 
 
