@@ -93,3 +93,14 @@ def test_parser_lists_every_command():
     text = parser.format_help()
     for command in COMMANDS:
         assert command in text
+
+
+def test_shipped_demo_data_needs_no_data_flag(tmp_path, capsys):
+    from dipclip.api import embedded_data_root
+
+    image = sorted((embedded_data_root() / "demo" / "images" / "bird").iterdir())[0]
+    code, out, err = run_cli(["predict", image, "--dataset", "demo", "--pretrained", "dipclip-tiny", "--top-k", "3",
+                              "--device", "cpu", "--out", tmp_path], capsys)
+    assert code == 0, err
+    payload = json.loads((tmp_path / "predictions.json").read_text())
+    assert len(payload["classnames"]) == 30 and len(payload["predictions"][0]["top"]) == 3

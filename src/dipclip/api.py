@@ -335,7 +335,7 @@ def predict(
         raise DipclipError("no images given; pass one or more image files")
     if top_k < 1:
         raise DipclipError(f"--top-k must be >= 1, got {top_k}")
-    if classnames is None and data is not None and dataset is not None:
+    if classnames is None and dataset is not None:
         classnames = load_data(data, dataset).classnames
     if not classnames:
         raise DipclipError("no class names given; pass --classes a,b,c or --data ROOT --dataset KEY")
@@ -426,7 +426,7 @@ def export(
     from safetensors.torch import save
 
     loaded = load_adapter(adapter)
-    if classnames is None and data is not None and dataset is not None:
+    if classnames is None and dataset is not None:
         classnames = load_data(data, dataset).classnames
     classnames = list(classnames or loaded.config.get("classnames") or [])
     if not classnames:
