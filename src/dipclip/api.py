@@ -26,6 +26,7 @@ from .adapters import load_adapter, model_from_adapter, save_adapter
 from .backbones.loading import Backbone, load_backbone
 from .data.types import DatasetSplits
 from .density import density_report, information_density
+from .engine.distributed import is_main_process
 from .engine.evaluate import evaluate_items, evaluate_model
 from .engine.features import feature_store
 from .engine.reproducibility import atomic_write_bytes, atomic_write_json
@@ -71,7 +72,7 @@ def resolve_data_root(data: str | None, dataset: str | None) -> str | None:
 
 
 def _write_metrics(out: str | Path | None, metrics: dict) -> None:
-    if out is not None:
+    if out is not None and is_main_process():
         atomic_write_json(Path(out) / METRICS_NAME, metrics)
 
 
@@ -183,7 +184,8 @@ def train(
         "prompt": prompt_cfg.to_dict(), "optim": asdict(optim_cfg), "train": asdict(train_cfg),
         "model": model, "pretrained": pretrained, "device": str(backbone.device),
     }
-    save_adapter(out / "adapter", prompt_method.name, prompt_model, extra={"train_config": config})
+    if is_main_process():
+        save_adapter(out / "adapter", prompt_method.name, prompt_model, extra={"train_config": config})
     eval_began = time.perf_counter()
     results = evaluate_all(prompt_model)
     for key, value in results.items():

@@ -359,6 +359,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        from .engine.distributed import init_from_environment
+
+        device = init_from_environment()  # under torchrun: join the group, one GPU per process
+        if device is not None and hasattr(args, "device"):
+            args.device = device
         return int(args.func(args) or 0)
     except DipclipError as exc:
         print(f"dipclip: error: {exc}", file=sys.stderr)

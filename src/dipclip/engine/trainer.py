@@ -33,6 +33,7 @@ from ..data.types import Datum
 from ..density import density_report
 from ..errors import DipclipError
 from ..methods.base import OptimConfig, PromptCLIP, PromptMethod
+from .distributed import GradientAveraging, all_reduce_sums, is_main_process, local_slice, rank_and_world
 from .features import FRESH, FeatureBatches, FeatureStore, PromptedImageBatches, parse_views
 from .reproducibility import atomic_torch_save, epoch_seed, seed_everything
 
@@ -113,6 +114,12 @@ class Trainer:
         self.progress = progress
         self.log = log or (lambda line: tqdm.write(line, file=sys.stderr))
         self.optimizer = make_optimizer(model.param_groups(), optim)
+        self.world = rank_and_world()[1]
+        if self.world > 1:
+            if not model.image_prompted:
+                raise DipclipError("several processes only pay for methods that run the image tower in the loop "
+                                   "(maple, promptsrc); train other methods in one process")
+            self.optimizer = GradientAveraging(self.optimizer)
         self.epoch_seconds: list[float] = []  # wall time, kept apart from the (bit-reproducible) history
 
     @property
@@ -192,11 +199,20 @@ class Trainer:
                        dynamic_ncols=True)
             for inputs, labels in bar:  # image features, or images for an image-prompted model
                 inputs, labels = inputs.to(device), labels.to(device)
+                if self.world > 1:  # this rank's slice of the global batch; gradients averaged in step()
+                    inputs, labels, self.optimizer.total = local_slice(inputs, labels)
+                    self.optimizer.local = len(labels)
+                    if not len(labels):
+                        self.optimizer.zero_grad()
+                        self.optimizer.step()
+                        continue
                 loss, logits = self.method.training_step(self.model, inputs, labels, self.optimizer)
                 total_loss += float(loss.detach()) * len(labels)
                 correct += int((logits.argmax(dim=-1) == labels).sum())
                 seen += len(labels)
                 bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+            total_loss, correct, seen = all_reduce_sums(total_loss, correct, seen)
+            correct, seen = int(correct), int(seen)
             self.model.eval()
             self.method.end_epoch(self.model, epoch, cfg.epochs)  # e.g. PromptSRC's prompt aggregation
             record = self._epoch_record(epoch, lr, total_loss, correct, seen)
@@ -207,6 +223,8 @@ class Trainer:
             seconds = time.perf_counter() - began
             self.epoch_seconds.append(round(seconds, 3))
             self.log(self._format(record, cfg.epochs, seconds))
+            if not is_main_process():
+                continue
             atomic_torch_save(self.checkpoint_path, {
                 "epoch": epoch + 1,
                 "learned": self.model.learnable_state(),
