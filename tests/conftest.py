@@ -58,3 +58,25 @@ def _isolated_cache(tmp_path, monkeypatch):
     """Few-shot and feature caches go to a per-test folder, never to the user's home."""
     monkeypatch.setenv("DIPCLIP_CACHE_DIR", str(tmp_path / "dipclip-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def kill_after_first_epoch(monkeypatch):
+    """Run ``api.train`` and interrupt it once epoch 1 is checkpointed, as a killed process would leave it."""
+    from dipclip import api
+    from dipclip.engine.trainer import Trainer
+
+    def run(method: str, out, **kwargs) -> None:
+        original = Trainer._format
+
+        def die(record, epochs, seconds):
+            if record["epoch"] == 2:
+                raise KeyboardInterrupt
+            return original(record, epochs, seconds)
+
+        monkeypatch.setattr(Trainer, "_format", staticmethod(die))
+        with pytest.raises(KeyboardInterrupt):
+            api.train(method, out=out, **kwargs)
+        monkeypatch.setattr(Trainer, "_format", staticmethod(original))
+
+    return run

@@ -201,20 +201,10 @@ def test_test_features_are_shared_across_methods_and_seeds(tmp_path, tiny_config
     assert sorted(calls) == ["view0", "view1"]
 
 
-def test_cached_views_resume_exactly(tmp_path, tiny_config_path, image_tree, monkeypatch):
+def test_cached_views_resume_exactly(tmp_path, tiny_config_path, image_tree, kill_after_first_epoch):
     kwargs = dict(model=str(tiny_config_path), data=str(image_tree), views=2, **COMMON)
     uninterrupted = api.train("coop", out=tmp_path / "full", **kwargs)
-    original = Trainer._format
-
-    def die(record, epochs, seconds):
-        if record["epoch"] == 2:
-            raise KeyboardInterrupt
-        return original(record, epochs, seconds)
-
-    monkeypatch.setattr(Trainer, "_format", staticmethod(die))
-    with pytest.raises(KeyboardInterrupt):
-        api.train("coop", out=tmp_path / "killed", **kwargs)
-    monkeypatch.setattr(Trainer, "_format", staticmethod(original))
+    kill_after_first_epoch("coop", tmp_path / "killed", **kwargs)
     resumed = api.train("coop", out=tmp_path / "killed", resume=True, **kwargs)
     assert reproducible_part(resumed) == reproducible_part(uninterrupted)
     with pytest.raises(DipclipError, match="other settings or data"):

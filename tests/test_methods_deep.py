@@ -8,7 +8,6 @@ import torch
 
 from dipclip import api
 from dipclip.backbones.vision_tower import VisionTower
-from dipclip.engine.trainer import Trainer
 from dipclip.errors import DipclipError
 from dipclip.methods import get_method
 
@@ -172,7 +171,7 @@ def test_promptsrc_loss_terms(deep_backbone):
 
 
 def test_maple_trains_evaluates_round_trips_and_resumes(tmp_path, deep_config_path, deep_backbone, image_tree,
-                                                        monkeypatch):
+                                                        kill_after_first_epoch):
     common = dict(model=str(deep_config_path), data=str(image_tree), dataset="imagefolder", shots=2, epochs=2,
                   batch_size=3, progress=False, subsample="base")
     for method in ("maple", "maple+dip"):
@@ -187,29 +186,14 @@ def test_maple_trains_evaluates_round_trips_and_resumes(tmp_path, deep_config_pa
     uninterrupted = json.loads((tmp_path / "maple" / "metrics.json").read_text())
     assert uninterrupted["trainable_params"] == 12_864
 
-    kill_after_first_epoch("maple", tmp_path / "killed", common, monkeypatch)
+    kill_after_first_epoch("maple", tmp_path / "killed", **common)
     resumed = api.train("maple", out=tmp_path / "killed", resume=True, **common)
     assert resumed["history"] == uninterrupted["history"]
     assert resumed["results"] == uninterrupted["results"]
 
 
-def kill_after_first_epoch(method: str, out, common: dict, monkeypatch) -> None:
-    """Interrupt a run once epoch 1 is checkpointed, as a killed process would leave it."""
-    original = Trainer._format
-
-    def die(record, epochs, seconds):
-        if record["epoch"] == 2:
-            raise KeyboardInterrupt
-        return original(record, epochs, seconds)
-
-    monkeypatch.setattr(Trainer, "_format", staticmethod(die))
-    with pytest.raises(KeyboardInterrupt):
-        api.train(method, out=out, **common)
-    monkeypatch.setattr(Trainer, "_format", staticmethod(original))
-
-
 def test_promptsrc_trains_aggregates_and_resumes(tmp_path, deep_config_path, deep_backbone, image_tree,
-                                                 monkeypatch):
+                                                 kill_after_first_epoch):
     from safetensors.torch import load_file
 
     common = dict(model=str(deep_config_path), data=str(image_tree), dataset="imagefolder", shots=2, epochs=2,
@@ -221,7 +205,7 @@ def test_promptsrc_trains_aggregates_and_resumes(tmp_path, deep_config_path, dee
                              subsample="base", backbone=deep_backbone)
         assert again["results"]["base"] == metrics["results"]["base"], method
     full = json.loads((tmp_path / "promptsrc" / "metrics.json").read_text())
-    kill_after_first_epoch("promptsrc", tmp_path / "killed", common, monkeypatch)
+    kill_after_first_epoch("promptsrc", tmp_path / "killed", **common)
     epoch1 = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)["learned"]
     epoch2 = torch.load(tmp_path / "promptsrc" / "checkpoint.pt", weights_only=True)["learned"]
     adapter = load_file(str(tmp_path / "promptsrc" / "adapter" / "adapter_model.safetensors"))

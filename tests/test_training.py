@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dipclip import api
-from dipclip.engine.trainer import OptimConfig, Trainer, learning_rate
+from dipclip.engine.trainer import OptimConfig, learning_rate
 from dipclip.errors import DipclipError
 
 COMMON = dict(dataset="imagefolder", shots=4, epochs=3, batch_size=4, progress=False)
@@ -37,21 +37,10 @@ def test_same_seed_gives_identical_metrics_and_other_seed_differs(tmp_path, tiny
     assert runs[0]["history"] != runs[2]["history"]
 
 
-def test_killed_run_resumes_to_the_same_metrics(tmp_path, tiny_config_path, image_tree, monkeypatch):
+def test_killed_run_resumes_to_the_same_metrics(tmp_path, tiny_config_path, image_tree, kill_after_first_epoch):
     kwargs = dict(model=str(tiny_config_path), data=str(image_tree), **COMMON)
     uninterrupted = api.train("dip", out=tmp_path / "full", **kwargs)
-
-    original = Trainer._format
-
-    def die_after_first_epoch(record, epochs, seconds):
-        if record["epoch"] == 2:
-            raise KeyboardInterrupt
-        return original(record, epochs, seconds)
-
-    monkeypatch.setattr(Trainer, "_format", staticmethod(die_after_first_epoch))
-    with pytest.raises(KeyboardInterrupt):
-        api.train("dip", out=tmp_path / "killed", **kwargs)
-    monkeypatch.setattr(Trainer, "_format", staticmethod(original))
+    kill_after_first_epoch("dip", tmp_path / "killed", **kwargs)
     assert not (tmp_path / "killed" / "metrics.json").exists()
     with pytest.raises(DipclipError, match="already holds a run.*--resume"):
         api.train("dip", out=tmp_path / "killed", **kwargs)

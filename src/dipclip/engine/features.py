@@ -410,7 +410,7 @@ class ImageBatches:
             yield self.backbone.encode_images(images.to(device, non_blocking=True)), labels.to(device)
 
 
-class PromptedImageBatches:
+class PromptedImageBatches(ImageBatches):
     """Training batches of augmented images themselves, for models whose image features depend on learned
     prompts (MaPLe, PromptSRC): the model runs the image tower with gradients, ``model.logits(images)``.
 
@@ -419,14 +419,6 @@ class PromptedImageBatches:
     """
 
     kind = "prompted-images"
-
-    def __init__(self, backbone: Backbone, items: Sequence[Datum], batch_size: int, seed: int, workers: int = 0,
-                 skip_bad_images: bool = False):
-        self.backbone, self.items, self.batch_size, self.seed = backbone, list(items), batch_size, seed
-        self.workers, self.skip_bad_images = workers, skip_bad_images
-
-    def describe(self) -> dict:
-        return {"kind": self.kind}
 
     def batches(self, epoch: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         yield from image_batches(self.backbone, self.items, self.seed, epoch,
