@@ -42,7 +42,8 @@ def add_data_commands(subparsers) -> None:
                "  dipclip data split --data ~/data --dataset dtd --shots 4 --seed 2 --subsample base > dtd.json\n"
                "  diff <(dipclip data split --data ~/data --dataset eurosat --shots 1 --seed 1) run1.json\n",
     )
-    split.add_argument("--data", required=True, metavar="ROOT", help="folder holding the dataset folders")
+    split.add_argument("--data", default=None, metavar="ROOT",
+                       help="folder holding the dataset folders (not needed for --dataset demo)")
     split.add_argument("--dataset", required=True, choices=DATASET_KEYS, metavar="KEY",
                        help=f"one of: {', '.join(DATASET_KEYS)}")
     split.add_argument("--shots", required=True, type=int, metavar="K", help="images per class (>= 1)")
@@ -87,7 +88,8 @@ def add_data_commands(subparsers) -> None:
                "  dipclip doctor --data ~/data --dataset imagenet --full\n"
                "  dipclip doctor --data ~/my_images --dataset imagefolder\n",
     )
-    doctor.add_argument("--data", required=True, metavar="ROOT", help="folder holding the dataset folders")
+    doctor.add_argument("--data", default=None, metavar="ROOT",
+                        help="folder holding the dataset folders (not needed for --dataset demo)")
     doctor.add_argument("--dataset", default=None, choices=DATASET_KEYS, metavar="KEY",
                         help="check only this dataset (required for imagefolder and csv)")
     doctor.add_argument("--full", action="store_true", help="decode every image instead of a sample")
@@ -99,11 +101,23 @@ def _print_help(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
+def _data_root(args: argparse.Namespace) -> str:
+    """``--data``, or the package's own folder for a shipped dataset (``--dataset demo``)."""
+    from .api import resolve_data_root
+    from .errors import DipclipError
+
+    root = resolve_data_root(args.data, args.dataset)
+    if root is None:
+        raise DipclipError("--data ROOT is required (the folder that holds the dataset folders)")
+    return root
+
+
 def cmd_split(args: argparse.Namespace) -> int:
     """``dipclip data split``: the selected train and val images as JSON."""
     from .data.datasets import load_dataset
     from .data.sampling import apply_selection, base_new_labels, select_few_shot
 
+    args.data = _data_root(args)
     splits = load_dataset(args.data, args.dataset)
     base_new_labels(splits.num_classes, args.subsample)
     selection = select_few_shot(splits, args.data, args.dataset, args.shots, args.seed, args.cache_dir)
@@ -147,7 +161,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     """``dipclip doctor``: print every problem with its fix; exit code 1 if any."""
     from .data.doctor import run_doctor
 
-    report = run_doctor(args.data, args.dataset, fast=not args.full)
+    report = run_doctor(_data_root(args), args.dataset, fast=not args.full)
     for problem in report.problems:
         print(problem)
     for key, summary in report.checked.items():
