@@ -80,3 +80,14 @@ def kill_after_first_epoch(monkeypatch):
         monkeypatch.setattr(Trainer, "_format", staticmethod(original))
 
     return run
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared machine spinning threads cost 10-100x."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -16,14 +16,7 @@ from dipclip.engine.features import FeatureStore, ImageBatches, SeededViews, mak
 from dipclip.engine.trainer import Trainer
 from dipclip.errors import DipclipError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared machine spinning threads cost 10-100x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 COMMON = dict(dataset="imagefolder", shots=4, epochs=3, batch_size=4, progress=False)

@@ -8,14 +8,7 @@ from dipclip import api
 from dipclip.methods import get_method
 from dipclip.methods.base import PromptCLIP
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared machine spinning threads cost 10-100x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 NAMES = ["cat", "golden retriever", "sea_lion", "a very long name of a small grey thing", "x", "pink primrose",

@@ -25,7 +25,7 @@ from . import __version__
 from .adapters import load_adapter, model_from_adapter, save_adapter
 from .backbones.loading import Backbone, load_backbone
 from .data.types import DatasetSplits
-from .density import density_report, information_density
+from .density import density_report
 from .engine.distributed import is_main_process
 from .engine.evaluate import evaluate_items, evaluate_model
 from .engine.features import feature_store
@@ -403,7 +403,6 @@ def density(
         "update_norm": round(float(update.norm()), 6),
         "id": per_k,
     }
-    _ = information_density  # re-exported for API users: dipclip.api.information_density
     if out is not None:
         atomic_write_json(Path(out) / "density.json", payload)
     return payload

@@ -72,6 +72,7 @@ def cmd_protocol(args) -> int:
         pretrained=args.pretrained, device=args.device, epochs=args.epochs, train_options=options,
         progress=not args.quiet,
     )
-    ProtocolRunner(config).run()
-    print((ProtocolRunner(config).root / "summary.md").read_text())
+    runner = ProtocolRunner(config)
+    runner.run()
+    print((runner.root / "summary.md").read_text())
     return 0

@@ -43,7 +43,7 @@ def load_rgb(path: str) -> Image.Image:
     except DipclipError:
         raise
     except FileNotFoundError:
-        raise DipclipError(f"image not found: {path}; check --data or run `dipclip doctor`") from None
+        raise DipclipError(f"image not found: {path}; check the path (for a dataset, `dipclip doctor` lists every missing file)") from None
     except IsADirectoryError:
         raise DipclipError(f"image path {path} is a folder; fix the split file or run `dipclip doctor`") from None
     except Image.DecompressionBombError as exc:
