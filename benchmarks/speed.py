@@ -135,6 +135,12 @@ def make_dataset(root: Path, classes: int, train_per_class: int, test_per_class:
 # The reference: how CoOp-style code trains and evaluates (image tower every step, 77 tokens, re-encoding)
 # --------------------------------------------------------------------------------------------------------
 
+@torch.no_grad()
+def reference_image_features(backbone, images: torch.Tensor) -> torch.Tensor:
+    """open_clip's own full image tower, as the peers run it (every token through every block)."""
+    return torch.nn.functional.normalize(backbone.model.encode_image(images.to(backbone.device)).float(), dim=-1)
+
+
 def reference_text_features(model) -> torch.Tensor:
     return torch.nn.functional.normalize(model.class_prompts.full_length_forward(model.context()).float(), dim=-1)
 
@@ -155,7 +161,7 @@ def reference_train_steps(model, items, batch_size: int, max_steps: int, seed: i
     optimizer = torch.optim.SGD(model.trainable_parameters(), lr=0.002, momentum=0.9, weight_decay=5e-4)
     steps, began = 0, time.perf_counter()
     for images, labels, _ in loader:
-        image_features = backbone.encode_images(images.to(backbone.device))
+        image_features = reference_image_features(backbone, images)
         logits = backbone.logit_scale * image_features @ reference_text_features(model).t()
         loss = torch.nn.functional.cross_entropy(logits, labels.to(backbone.device))
         optimizer.zero_grad()
@@ -183,7 +189,7 @@ def reference_evaluate(model, items) -> tuple[float, float, torch.Tensor]:
                         collate_fn=collate_skipping_bad)
     began, correct, predictions = time.perf_counter(), 0, []
     for images, labels, _ in loader:
-        image_features = backbone.encode_images(images.to(backbone.device))
+        image_features = reference_image_features(backbone, images)
         logits = image_features @ reference_text_features(model).t()
         predictions.append(logits.argmax(-1).cpu())
         correct += int((predictions[-1] == labels).sum())

@@ -111,3 +111,35 @@ def test_bad_paths_and_configs(tmp_path, tiny_config_path):
         load_backbone(None, str(garbage))
     with pytest.raises(DipclipError, match="unknown device"):
         load_backbone(str(tiny_config_path), "none", device="tpu9")
+
+
+def _full_image_features(backbone, images):
+    with torch.no_grad():
+        return torch.nn.functional.normalize(backbone.model.encode_image(images).float(), dim=-1)
+
+
+def test_class_token_shortcut_equals_open_clip_encode_image(tmp_path, tiny_config_path):
+    config = json.loads(tiny_config_path.read_text())
+    config["vision_cfg"]["layers"] = 3
+    path = tmp_path / "three-layer.json"
+    path.write_text(json.dumps(config))
+    backbone = load_backbone(str(path), "none")
+    assert backbone.vision is not None and backbone.vision.class_token_shortcut
+    images = torch.randn(5, 3, 32, 32)
+    ours, full = backbone.encode_images(images), _full_image_features(backbone, images)
+    assert (ours - full).abs().max() <= 1e-5
+    backbone.vision.class_token_shortcut = False  # the same tower run in full gives the same features
+    assert (backbone.encode_images(images) - full).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("vision_cfg", [{"pool_type": "avg"}, {"layers": [1, 1, 1, 1], "width": 16}],
+                         ids=["average-pooled-vit", "resnet"])
+def test_towers_without_a_class_token_run_open_clips_encode_image(tmp_path, tiny_config_path, vision_cfg):
+    config = json.loads(tiny_config_path.read_text())
+    config["vision_cfg"] |= vision_cfg
+    path = tmp_path / "other-tower.json"
+    path.write_text(json.dumps(config))
+    backbone = load_backbone(str(path), "none")
+    assert backbone.vision is None
+    images = torch.randn(3, 3, 32, 32)
+    assert torch.equal(backbone.encode_images(images), _full_image_features(backbone, images))

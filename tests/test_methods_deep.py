@@ -82,6 +82,13 @@ def test_vision_tower_deep_prompts_replace_the_appended_tokens(deep_backbone):
         assert torch.allclose(tower(single, prompts), reference[:1], atol=1e-5)
         changed = tower(images, prompts, [torch.randn(2, tower.width), torch.randn(2, tower.width)])
         assert (changed - reference).abs().max() > 1e-3
+        deep = [torch.randn(2, tower.width), torch.randn(2, tower.width)]
+        shortcut = tower(images, prompts, deep)
+        tower.class_token_shortcut = False  # the last block for every token, as open_clip runs it
+        try:
+            assert (tower(images, prompts, deep) - shortcut).abs().max() <= 1e-5
+        finally:
+            tower.class_token_shortcut = True
 
 
 def promptsrc_count(n: int, text_width: int, n_vision: int, vision_width: int, depth: int) -> int:

@@ -13,6 +13,7 @@ import os
 import socket
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from torch import nn
 from ..errors import DipclipError
 from .precision import autocast_for
 from .text_tower import TextTower
+from .vision_tower import VisionTower, is_class_token_vit
 
 # Seed for `--pretrained none`: random weights must be the same at every load, or an adapter trained on
 # a random test model could never be evaluated again.
@@ -60,11 +62,20 @@ class Backbone:
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         return self.tokenizer(texts).to(self.device)
 
+    @cached_property
+    def vision(self) -> VisionTower | None:
+        """The image tower with the class-token shortcut, or None for towers it does not cover (ResNet,
+        attention or average pooling), which run open_clip's own ``encode_image``."""
+        return VisionTower(self.model) if is_class_token_vit(self.model.visual) else None
+
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised image features in fp32 (the image tower is frozen, so never with grad)."""
-        with autocast_for(images.device):
-            features = self.model.encode_image(images)
+        if self.vision is not None:
+            features = self.vision(images)
+        else:
+            with autocast_for(images.device):
+                features = self.model.encode_image(images)
         return nn.functional.normalize(features.float(), dim=-1)
 
     def describe(self) -> dict:

@@ -1,7 +1,10 @@
 """The one place that touches open_clip's image-tower internals, for methods with vision prompts (MaPLe,
 PromptSRC): learned tokens appended to the patch sequence and replaced at each of the first layers.
 
-Without prompts it computes exactly ``encode_image`` of the wrapped model.
+Without prompts it computes ``encode_image`` of the wrapped model, with one exact shortcut: the image
+feature is read from the class token alone, so the last block runs its attention query, MLP and residuals
+for that one token (keys and values still come from every token). That removes about 10/12 of the last
+block's work, 7% of a 12-layer tower, and changes features by float rounding only (tested to 1e-5).
 """
 
 from __future__ import annotations
@@ -14,6 +17,31 @@ from torch import nn
 from ..errors import DipclipError
 from .precision import autocast_for
 
+REQUIRED = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer", "ln_post")
+
+
+def is_class_token_vit(visual: nn.Module) -> bool:
+    """An open_clip ViT whose feature is its class token (no attention pooling), batch-first blocks."""
+    return (all(hasattr(visual, name) for name in REQUIRED) and getattr(visual, "attn_pool", None) is None
+            and getattr(visual, "pool_type", "tok") == "tok" and getattr(visual.transformer, "batch_first", True))
+
+
+def class_token_block_applies(block: nn.Module) -> bool:
+    """The last-block shortcut is written for open_clip's plain ``ResidualAttentionBlock``; any other block
+    (custom attention, cross-attention) runs in full, which is trivially exact."""
+    from open_clip.transformer import ResidualAttentionBlock
+
+    return (type(block) is ResidualAttentionBlock and isinstance(block.attn, nn.MultiheadAttention)
+            and not hasattr(block, "ln_1_kv"))
+
+
+def class_token_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``block(x)[:, :1]`` without computing the other tokens' outputs: they are never read again."""
+    normed = block.ln_1(x)
+    attended = block.attention(q_x=normed[:, :1], k_x=normed, v_x=normed)
+    y = x[:, :1] + block.ls_1(attended)
+    return y + block.ls_2(block.mlp(block.ln_2(y)))
+
 
 class VisionTower(nn.Module):
     """A thin view over an open_clip ``VisionTransformer`` (shares its weights)."""
@@ -21,14 +49,13 @@ class VisionTower(nn.Module):
     def __init__(self, clip_model: nn.Module):
         super().__init__()
         visual = clip_model.visual
-        required = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer", "ln_post")
-        missing = [name for name in required if not hasattr(visual, name)]
-        if missing or getattr(visual, "attn_pool", None) is not None:
+        if not is_class_token_vit(visual):
             raise DipclipError(
                 f"vision prompts need an open_clip ViT image tower with a class token; {type(visual).__name__} "
                 "is not one (ResNet and attention-pooled towers are not supported for MaPLe/PromptSRC)"
             )
         self.visual = visual
+        self.class_token_shortcut = class_token_block_applies(visual.transformer.resblocks[-1])
 
     @property
     def width(self) -> int:
@@ -59,12 +86,16 @@ class VisionTower(nn.Module):
             n = prompts.shape[0]
             x = torch.cat([x, prompts.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)], dim=1)
         x = v.ln_pre(x)
-        for index, block in enumerate(v.transformer.resblocks):
+        blocks = v.transformer.resblocks
+        for index, block in enumerate(blocks):
             if 0 < index <= len(deep_prompts) and n:
                 deep = deep_prompts[index - 1].to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
                 x = torch.cat([x[:, :-n], deep], dim=1)
-            x = block(x)
-        if n:
+            if index == len(blocks) - 1 and self.class_token_shortcut:
+                x = class_token_block(block, x)  # [B, 1, width]: only the class token is pooled
+            else:
+                x = block(x)
+        if n and x.shape[1] > 1:
             x = x[:, :-n]
         pooled, _ = v._pool(x)
         return pooled @ v.proj if v.proj is not None else pooled

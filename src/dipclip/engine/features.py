@@ -44,7 +44,7 @@ from ..errors import DipclipError
 from ..paths import cache_root
 from .reproducibility import atomic_write_bytes
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: image features from the class-token last block (float-rounding changes)
 ENCODE_BATCH = 64  # fixed, so stored and recomputed features are the same bits whatever the caller's batch
 NO_CACHE_ENV = "DIPCLIP_NO_FEATURE_CACHE"
 FRESH = "fresh"
