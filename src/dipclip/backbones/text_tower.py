@@ -9,7 +9,9 @@ Two exact shortcuts live here because they need the transformer's pieces. The to
 sequence may stop right after its EOT token (positions after it never reach it); and leading positions that
 every class shares (SOS + context when the class name comes last) have the same hidden states in every
 class, so :meth:`TextTower.encode_prefix` runs them once and keeps each layer's keys and values, which
-:meth:`TextTower.forward` then attends to from the per-class positions only.
+:meth:`TextTower.forward` then attends to from the per-class positions only. On that path the last block
+runs for each sequence's EOT position alone (its query against every key and value), since no other
+position's last-layer output is pooled.
 """
 
 from __future__ import annotations
@@ -184,16 +186,23 @@ class TextTower(nn.Module):
                               prefix: PrefixCache) -> torch.Tensor:
         start, length = prefix.length, embeddings.shape[1]
         x = self._cast(embeddings) + self.positional_embedding[start:start + length].to(embeddings.dtype)
-        for block, k, v in zip(self.transformer.resblocks, prefix.keys, prefix.values, strict=True):
-            x, _ = self._block(block, x, (k, v))
-        return self._pool(x, eot_index - start)
+        blocks = self.transformer.resblocks
+        for index, (block, k, v) in enumerate(zip(blocks, prefix.keys, prefix.values, strict=True)):
+            if index == len(blocks) - 1:  # only the EOT rows are pooled: the last block runs for them alone
+                x, _ = self._block(block, x, (k, v), only=eot_index - start)
+            else:
+                x, _ = self._block(block, x, (k, v))
+        return self._pool(x, torch.zeros_like(eot_index))
 
     def _block(self, block: nn.Module, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None,
-               last: bool = False) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+               last: bool = False, only: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """open_clip's ``ResidualAttentionBlock`` written out, attending to ``past`` keys/values first.
 
         The same operations as ``block(x, attn_mask)``: pre-norm, fused q/k/v projection, causal scaled
         dot-product attention, out projection, layer scale, then the MLP. Returns this segment's own k, v.
+        With ``only`` (one position per sequence) the output is ``[B, 1, width]`` for those positions: their
+        queries attend to every key and value, the other positions' outputs are not computed.
         """
         attn: nn.MultiheadAttention = block.attn
         batch, length, width = x.shape
@@ -206,9 +215,14 @@ class TextTower(nn.Module):
             start = past[0].shape[2]
             k = torch.cat([past[0].expand(batch, -1, -1, -1), k], dim=2)
             v = torch.cat([past[1].expand(batch, -1, -1, -1), v], dim=2)
-        mask = self.attn_mask[start:start + length, :start + length].to(q.dtype)
+        if only is None:
+            mask = self.attn_mask[start:start + length, :start + length].to(q.dtype)
+        else:
+            rows = torch.arange(batch, device=x.device)
+            q, x = q[rows, :, only].unsqueeze(2), x[rows, only].unsqueeze(1)
+            mask = self.attn_mask[start + only, :start + length].to(q.dtype)[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        out = attn.out_proj(out.transpose(1, 2).reshape(batch, length, width))
+        out = attn.out_proj(out.transpose(1, 2).reshape(batch, q.shape[2], width))
         x = x + block.ls_1(out)
         if last and past is None:
             return x, own  # the prefix's last-layer output is never pooled: skip its MLP
