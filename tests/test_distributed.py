@@ -48,7 +48,9 @@ def test_two_processes_train_like_one(tmp_path, tiny_config_path, image_tree):
     assert set(one) == set(two)
     for name in one:
         assert torch.allclose(one[name], two[name], atol=1e-6), name
-    assert double["results"]["base"]["n"] == single["results"]["base"]["n"]
+    # the final evaluation is sharded over the ranks (every world-th batch each) and its counts summed
+    assert double["results"]["base"]["n"] == single["results"]["base"]["n"] > 0
+    assert double["results"]["base"]["correct"] == single["results"]["base"]["correct"]
 
 
 def test_several_processes_are_refused_for_feature_methods(monkeypatch, tiny_backbone):
@@ -62,3 +64,25 @@ def test_several_processes_are_refused_for_feature_methods(monkeypatch, tiny_bac
     model = coop.build(tiny_backbone, ["a", "b"], coop.prompt_config())
     with pytest.raises(DipclipError, match="several processes only pay for methods that run the image tower"):
         Trainer(coop, model, coop.optim_config(), TrainConfig(), "unused", progress=False)
+
+
+def test_prompted_evaluation_shards_batches_over_ranks(monkeypatch, tiny_backbone, image_tree):
+    """Each rank evaluates every world-th batch; the ranks' counts add up to the one-process result."""
+    from dipclip.data.types import Datum
+    from dipclip.engine import distributed, evaluate
+    from dipclip.methods import get_method
+
+    names = sorted(p.name for p in (image_tree / "test").iterdir())
+    items = [Datum(str(path), label, name) for label, name in enumerate(names)
+             for path in sorted((image_tree / "test" / name).glob("*.png"))]
+    maple = get_method("maple")
+    model = maple.build(tiny_backbone, names, maple.prompt_config())
+    single = evaluate.evaluate_model(model, items, batch_size=5)
+    assert single["n"] == len(items) == 12
+    parts = []
+    monkeypatch.setattr(distributed, "sum_over_ranks", lambda counts, device: counts)  # each rank's own share
+    for rank in (0, 1):
+        monkeypatch.setattr(distributed, "rank_and_world", lambda rank=rank: (rank, 2))
+        parts.append(evaluate.evaluate_model(model, items, batch_size=5))
+    assert [part["n"] for part in parts] == [5 + 2, 5]  # batches 0 and 2 on rank 0, batch 1 on rank 1
+    assert sum(part["correct"] for part in parts) == single["correct"]

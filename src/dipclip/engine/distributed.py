@@ -3,7 +3,8 @@
 Every rank draws the same global batches (they are seeded from (seed, epoch) and (seed, view, image), never
 from the rank), takes its contiguous slice of each batch, and the gradients are averaged weighted by slice
 size before the optimizer steps, so the update equals the single-process one up to float summation order.
-Only rank 0 writes checkpoints, adapters and metrics. Methods that train on stored features need no
+Their evaluation is sharded too: each rank runs every world-th test batch through its prompted image
+tower and the counts are summed. Only rank 0 writes checkpoints, adapters and metrics. Methods that train on stored features need no
 parallelism (a step costs milliseconds); feature extraction shards through ``dipclip.engine.features``.
 
     torchrun --nproc_per_node 4 -m dipclip train --method maple --model ViT-B-16 --pretrained openai ...
@@ -38,6 +39,15 @@ def init_from_environment() -> str | None:
         return f"cuda:{local_rank}"
     dist.init_process_group("gloo")
     return "cpu"
+
+
+def sum_over_ranks(counts: list[int], device: torch.device) -> list[int]:
+    """Whole-number counts summed over all ranks (unchanged in one process)."""
+    if rank_and_world()[1] == 1:
+        return counts
+    total = torch.tensor(counts, dtype=torch.long, device=device)
+    dist.all_reduce(total)
+    return [int(c) for c in total.tolist()]
 
 
 def local_slice(inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:

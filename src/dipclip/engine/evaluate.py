@@ -94,18 +94,23 @@ def evaluate_model(model, items: Sequence[Datum], batch_size: int = 64, workers:
 def _evaluate_prompted_images(model, items: Sequence[Datum], batch_size: int, workers: int,
                               skip_bad_images: bool) -> dict:
     """Models with vision prompts (MaPLe, PromptSRC): their image tower runs on the test images (no feature
-    store: the features belong to this prompt); class text features are computed once."""
+    store: the features belong to this prompt); class text features are computed once. Under ``torchrun``
+    each rank takes every world-th batch and the counts are summed, so N GPUs share a large split."""
+    from .distributed import rank_and_world, sum_over_ranks
     from .features import image_batches
 
     if not items:
         return {"accuracy": 0.0, "n": 0}
     text_features = model.text_features(merged=True)
+    rank, world = rank_and_world()
     batches = [list(range(i, min(i + batch_size, len(items)))) for i in range(0, len(items), batch_size)]
     correct = seen = 0
-    for images, labels in image_batches(model.backbone, items, None, 0, batches, workers, skip_bad_images):
+    for images, labels in image_batches(model.backbone, items, None, 0, batches[rank::world], workers,
+                                        skip_bad_images):
         predictions = model.logits(images, text_features).argmax(-1).cpu()
         correct += int((predictions == labels.cpu()).sum())
         seen += len(labels)
+    correct, seen = sum_over_ranks([correct, seen], model.backbone.device)
     result = {"accuracy": round(100.0 * correct / max(seen, 1), 4), "n": seen, "correct": correct}
     if seen < len(items):
         result["skipped_bad_images"] = len(items) - seen
