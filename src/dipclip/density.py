@@ -29,7 +29,7 @@ def information_density(matrix: torch.Tensor, k: int = 1, energy: bool = False) 
     if energy:
         values = values.square()
     total = values.sum()
-    if float(total) <= 0.0:
+    if float(total.detach()) <= 0.0:
         return torch.tensor(float("nan"))
     return values[:k].sum() / total
 
