@@ -3,9 +3,10 @@
 Every rank draws the same global batches (they are seeded from (seed, epoch) and (seed, view, image), never
 from the rank), takes its contiguous slice of each batch, and the gradients are averaged weighted by slice
 size before the optimizer steps, so the update equals the single-process one up to float summation order.
-Their evaluation is sharded too: each rank runs every world-th test batch through its prompted image
-tower and the counts are summed. Only rank 0 writes checkpoints, adapters and metrics. Methods that train on stored features need no
-parallelism (a step costs milliseconds); feature extraction shards through ``dipclip.engine.features``.
+Their evaluation is sharded too: each rank runs every world-th test batch through its prompted image tower
+and the counts are summed. Only rank 0 writes checkpoints, adapters and metrics. Methods that train on
+stored features need no parallelism (a step costs milliseconds); feature extraction shards through
+``dipclip.engine.features``.
 
     torchrun --nproc_per_node 4 -m dipclip train --method maple --model ViT-B-16 --pretrained openai ...
 """
