@@ -28,6 +28,22 @@ def tiny_backbone(tiny_config_path):
     return load_backbone(str(tiny_config_path), "none", device="cpu")
 
 
+@pytest.fixture(scope="session")
+def b16_text_backbone(tmp_path_factory):
+    """A tiny image tower with ViT-B/16's text width (512) and embedding size: where parameter counts and
+    adapter sizes are asserted at the published widths."""
+    from dipclip.backbones.loading import load_backbone
+
+    config = {
+        "embed_dim": 512,
+        "vision_cfg": TINY_CONFIG["vision_cfg"],
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 1},
+    }
+    path = tmp_path_factory.mktemp("configs") / "b16-text-widths.json"
+    path.write_text(json.dumps(config))
+    return load_backbone(str(path), "none", device="cpu")
+
+
 CLASSES = ("red apple", "green leaf", "blue sky")
 COLORS = ((200, 30, 30), (30, 190, 40), (40, 60, 210))
 

@@ -40,17 +40,9 @@ def test_round_trip_gives_the_trained_classifier(trained, tiny_backbone, image_t
     assert again["results"]["test"] == metrics["results"]["test"]
 
 
-def test_vit_b16_width_dip_adapter_is_under_8kb(tmp_path):
-    config = {
-        "embed_dim": 512,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16, "head_width": 32},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 1},
-    }
-    path = tmp_path / "w512.json"
-    path.write_text(json.dumps(config))
-    backbone = load_backbone(str(path), "none")
+def test_vit_b16_width_dip_adapter_is_under_8kb(tmp_path, b16_text_backbone):
     dip = get_method("dip")
-    model = dip.build(backbone, ["cat", "dog"], dip.prompt_config())
+    model = dip.build(b16_text_backbone, ["cat", "dog"], dip.prompt_config())
     folder = save_adapter(tmp_path / "adapter", "dip", model)
     size = sum(f.stat().st_size for f in folder.iterdir())
     assert model.num_trainable() == 516

@@ -72,19 +72,8 @@ def test_every_method_trains_evaluates_and_round_trips(tmp_path, tiny_config_pat
         assert again["results"]["base"] == metrics["results"]["base"], method
 
 
-def test_parameter_counts_at_vit_b16_widths(tmp_path):
-    import json
-
-    from dipclip.backbones.loading import load_backbone
-
-    config = {
-        "embed_dim": 512,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16, "head_width": 32},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 1},
-    }
-    path = tmp_path / "b16-widths.json"
-    path.write_text(json.dumps(config))
-    backbone = load_backbone(str(path), "none")
+def test_parameter_counts_at_vit_b16_widths(b16_text_backbone):
+    backbone = b16_text_backbone
     expected = {"coop": 2048, "dip": 516, "kgcoop": 2048, "prograd": 2048, "cocoop": 35_360,
                 "cocoop+dip": 33_828, "kgcoop+dip": 516,
                 "dept": 2048 + 4 * 512 + 3 * 512 + 3, "dept+dip": 516 + 4 * 512 + 3 * 512 + 3}  # 3 classes here
