@@ -9,9 +9,9 @@ Two exact shortcuts live here because they need the transformer's pieces. The to
 sequence may stop right after its EOT token (positions after it never reach it); and leading positions that
 every class shares (SOS + context when the class name comes last) have the same hidden states in every
 class, so :meth:`TextTower.encode_prefix` runs them once and keeps each layer's keys and values, which
-:meth:`TextTower.forward` then attends to from the per-class positions only. On that path the last block
-runs for each sequence's EOT position alone (its query against every key and value), since no other
-position's last-layer output is pooled.
+:meth:`TextTower.forward` then attends to from the per-class positions only. On that path and in
+:meth:`TextTower.forward_deep` the last block runs for each sequence's EOT position alone (its query against
+every key and value), since no other position's last-layer output is pooled.
 """
 
 from __future__ import annotations
@@ -139,7 +139,8 @@ class TextTower(nn.Module):
 
         At the input of layer ``i`` (1 <= i <= len(deep_prompts)) positions ``start : start + n`` are replaced
         by ``deep_prompts[i - 1]`` ([n, width], shared by every sequence); layer 0 sees ``embeddings`` as
-        given. No prefix cache here (the shared positions change per layer), but the same exact truncation.
+        given. No prefix cache here (the shared positions change per layer), but the same exact truncation and
+        the same EOT-only last block.
         """
         if len(deep_prompts) >= self.layers:
             raise DipclipError(f"{len(deep_prompts)} deep prompts need more than the {self.layers} text layers")
@@ -148,12 +149,16 @@ class TextTower(nn.Module):
         x = x + self.positional_embedding[:length].to(x.dtype)
         mask = None if self.attn_mask is None else self.attn_mask[:length, :length]
         batch_first = getattr(self.transformer, "batch_first", True)
-        for index, block in enumerate(self.transformer.resblocks):
+        blocks = self.transformer.resblocks
+        for index, block in enumerate(blocks):
             if 0 < index <= len(deep_prompts):
                 deep = deep_prompts[index - 1].to(x.dtype)
                 n = deep.shape[0]
                 deep = deep.unsqueeze(0).expand(x.shape[0], -1, -1)
                 x = torch.cat([x[:, :start], deep, x[:, start + n:]], dim=1)
+            if index == len(blocks) - 1 and self.supports_prefix_cache:
+                x, _ = self._block(block, x, None, only=eot_index)  # the last block for the EOT rows alone
+                return self._pool(x, torch.zeros_like(eot_index))
             if batch_first:
                 x = block(x, attn_mask=mask)
             else:
