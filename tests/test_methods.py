@@ -14,11 +14,11 @@ def test_direct_optimisation_and_positional_penalty_values(tiny_backbone):
     coop = get_method("coop")
     model = coop.build(tiny_backbone, NAMES, coop.prompt_config(lambda_do=2.0))
     matrix = model.context.ctx
-    assert float(density_levers(model)) == pytest.approx(-2.0 * float(information_density(matrix, 1)))
+    assert float(density_levers(model).detach()) == pytest.approx(-2.0 * float(information_density(matrix.detach(), 1)))
     model = coop.build(tiny_backbone, NAMES, coop.prompt_config(lambda_pp=0.5))
     s = torch.linalg.svdvals(matrix.detach())
     expected = 0.5 * float((torch.tensor([0, 1 / 3, 2 / 3, 1.0]) * s).sum() / s.sum())
-    assert float(density_levers(model)) == pytest.approx(expected, rel=1e-5)
+    assert float(density_levers(model).detach()) == pytest.approx(expected, rel=1e-5)
     assert density_levers(coop.build(tiny_backbone, NAMES, coop.prompt_config())) is None
 
 
@@ -36,14 +36,14 @@ def test_kgcoop_loss_is_zero_at_the_hand_crafted_prompt(tiny_backbone):
     model = kg.build(tiny_backbone, NAMES, kg.prompt_config())
     image_features = torch.nn.functional.normalize(torch.randn(2, 32), dim=-1)
     logits = model.logits(image_features)
-    assert float(kg.extra_loss(model, image_features, logits, torch.tensor([0, 1]))) == pytest.approx(0.0, abs=1e-5)
+    assert float(kg.extra_loss(model, image_features, logits, torch.tensor([0, 1])).detach()) == pytest.approx(0.0, abs=1e-5)
     with torch.no_grad():
         model.context.ctx.add_(torch.randn_like(model.context.ctx))  # (a constant shift would vanish in LayerNorm)
     logits = model.logits(image_features)
     anchor = zeroshot_text_features(tiny_backbone, NAMES, ["a photo of a {}."])
     cos = (model.last_text_features * anchor).sum(-1)
     loss = kg.extra_loss(model, image_features, logits, torch.tensor([0, 1]))
-    assert float(loss) == pytest.approx(8.0 * float((1 - cos).mean()), rel=1e-5) and float(loss) > 0
+    assert float(loss.detach()) == pytest.approx(8.0 * float((1 - cos).mean().detach()), rel=1e-5) and float(loss.detach()) > 0
 
 
 META_NET_TINY = 32 * 2 + 2 + 2 * 64 + 64  # Linear(32, 2) + Linear(2, 64) at the tiny widths

@@ -172,7 +172,7 @@ def test_promptsrc_loss_terms(deep_backbone):
         expected = (torch.nn.functional.cross_entropy(logits, labels)
                     + 25 * (model.last_text_features - text).abs().mean()
                     + 10 * (model.last_image_features - frozen).abs().mean() + kl)
-    assert float(loss) == pytest.approx(float(expected), rel=1e-4)
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-4)
     weights = gpa_weights(20)
     assert sum(weights) == pytest.approx(1.0) and max(range(20), key=weights.__getitem__) == 14  # epoch 15
 
