@@ -21,6 +21,16 @@ def tiny_config_path(tmp_path_factory) -> Path:
     return path
 
 
+def tiny_variant_config(folder: Path, name: str, vision: dict | None = None, text: dict | None = None) -> Path:
+    """A config file like :data:`TINY_CONFIG` with some tower settings changed."""
+    config = json.loads(json.dumps(TINY_CONFIG))
+    config["vision_cfg"] |= vision or {}
+    config["text_cfg"] |= text or {}
+    path = Path(folder) / f"{name}.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone(tiny_config_path):
     from dipclip.backbones.loading import load_backbone

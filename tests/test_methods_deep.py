@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_variant_config
 
 from dipclip import api
 from dipclip.backbones.vision_tower import VisionTower
@@ -16,13 +17,8 @@ LAYERS = 3  # both towers: depth 9 is clipped to 3, so deep prompts reach layers
 
 
 @pytest.fixture(scope="module")
-def deep_config_path(tmp_path_factory, tiny_config_path):
-    config = json.loads(tiny_config_path.read_text())
-    config["vision_cfg"]["layers"] = LAYERS
-    config["text_cfg"]["layers"] = LAYERS
-    path = tmp_path_factory.mktemp("deep") / "tiny-deep.json"
-    path.write_text(json.dumps(config))
-    return path
+def deep_config_path(tmp_path_factory):
+    return tiny_variant_config(tmp_path_factory.mktemp("deep"), "tiny-deep", {"layers": LAYERS}, {"layers": LAYERS})
 
 
 @pytest.fixture(scope="module")
