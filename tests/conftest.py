@@ -32,6 +32,12 @@ def tiny_variant_config(folder: Path, name: str, vision: dict | None = None, tex
 
 
 @pytest.fixture(scope="session")
+def tiny_variant():
+    """The helper above, as a fixture (test modules cannot import it: tests/data has its own conftest)."""
+    return tiny_variant_config
+
+
+@pytest.fixture(scope="session")
 def tiny_backbone(tiny_config_path):
     from dipclip.backbones.loading import load_backbone
 

@@ -4,7 +4,6 @@ import time
 import open_clip
 import pytest
 import torch
-from conftest import tiny_variant_config
 
 from dipclip.backbones.loading import load_backbone
 from dipclip.errors import DipclipError
@@ -119,8 +118,8 @@ def _full_image_features(backbone, images):
         return torch.nn.functional.normalize(backbone.model.encode_image(images).float(), dim=-1)
 
 
-def test_class_token_shortcut_equals_open_clip_encode_image(tmp_path):
-    backbone = load_backbone(str(tiny_variant_config(tmp_path, "three-layer", {"layers": 3})), "none")
+def test_class_token_shortcut_equals_open_clip_encode_image(tmp_path, tiny_variant):
+    backbone = load_backbone(str(tiny_variant(tmp_path, "three-layer", {"layers": 3})), "none")
     assert backbone.vision is not None and backbone.vision.class_token_shortcut
     images = torch.randn(5, 3, 32, 32)
     ours, full = backbone.encode_images(images), _full_image_features(backbone, images)
@@ -131,8 +130,8 @@ def test_class_token_shortcut_equals_open_clip_encode_image(tmp_path):
 
 @pytest.mark.parametrize("vision_cfg", [{"pool_type": "avg"}, {"layers": [1, 1, 1, 1], "width": 16}],
                          ids=["average-pooled-vit", "resnet"])
-def test_towers_without_a_class_token_run_open_clips_encode_image(tmp_path, vision_cfg):
-    backbone = load_backbone(str(tiny_variant_config(tmp_path, "other-tower", vision_cfg)), "none")
+def test_towers_without_a_class_token_run_open_clips_encode_image(tmp_path, tiny_variant, vision_cfg):
+    backbone = load_backbone(str(tiny_variant(tmp_path, "other-tower", vision_cfg)), "none")
     assert backbone.vision is None
     images = torch.randn(3, 3, 32, 32)
     assert torch.equal(backbone.encode_images(images), _full_image_features(backbone, images))

@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_variant_config
 
 from dipclip import api
 from dipclip.backbones.vision_tower import VisionTower
@@ -17,8 +16,8 @@ LAYERS = 3  # both towers: depth 9 is clipped to 3, so deep prompts reach layers
 
 
 @pytest.fixture(scope="module")
-def deep_config_path(tmp_path_factory):
-    return tiny_variant_config(tmp_path_factory.mktemp("deep"), "tiny-deep", {"layers": LAYERS}, {"layers": LAYERS})
+def deep_config_path(tmp_path_factory, tiny_variant):
+    return tiny_variant(tmp_path_factory.mktemp("deep"), "tiny-deep", {"layers": LAYERS}, {"layers": LAYERS})
 
 
 @pytest.fixture(scope="module")
