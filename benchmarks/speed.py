@@ -304,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     ref_steps = args.ref_steps or (3 if quick else 5)
     text_repeats = args.text_repeats or (1 if quick else 3)
     eval_repeats = args.eval_repeats or (1 if quick else 3)
+    if eval_repeats < 1 or (args.text_repeats is not None and args.text_repeats < 1):
+        parser.error("--eval-repeats and --text-repeats need a whole number >= 1")
     memory_layers = args.memory_layers or (1 if quick else 2)
     if args.threads:
         torch.set_num_threads(args.threads)
