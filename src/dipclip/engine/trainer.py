@@ -76,11 +76,26 @@ class BatchSource(Protocol):
     def batches(self, epoch: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
 
+def in_warmup(optim: OptimConfig, epoch: int) -> bool:
+    return epoch < optim.warmup_epochs
+
+
 def learning_rate(optim: OptimConfig, epoch: int, epochs: int) -> float:
-    """Constant warm-up for ``warmup_epochs``, then cosine annealing over all epochs (Dassl's schedule)."""
-    if epoch < optim.warmup_epochs:
+    """Dassl's schedule (constant warm-up, ``WARMUP_RECOUNT=True``) for 0-based ``epoch``.
+
+    The warm-up epochs run at ``warmup_lr``; the cosine then restarts its count, so the first epoch after
+    warm-up runs at the peak lr and epoch e at ``0.5 * lr * (1 + cos(pi * (e - W) / E))``, E the epoch count.
+    """
+    if in_warmup(optim, epoch):
         return optim.warmup_lr
-    return 0.5 * optim.lr * (1.0 + math.cos(math.pi * epoch / epochs))
+    return 0.5 * optim.lr * (1.0 + math.cos(math.pi * (epoch - optim.warmup_epochs) / epochs))
+
+
+def group_learning_rate(optim: OptimConfig, epoch: int, epochs: int, lr_scale: float) -> float:
+    """A param group's lr: Dassl's constant warm-up sets every group to ``warmup_lr`` (DePT's 6.5x layers
+    too); afterwards a group runs at ``lr_scale`` times the schedule."""
+    lr = learning_rate(optim, epoch, epochs)
+    return lr if in_warmup(optim, epoch) else lr * lr_scale
 
 
 def make_optimizer(params, optim: OptimConfig) -> torch.optim.Optimizer:
@@ -190,8 +205,8 @@ class Trainer:
         for epoch in range(start, cfg.epochs):
             generator = seed_everything(epoch_seed(cfg.seed, epoch))
             lr = learning_rate(self.optim, epoch, cfg.epochs)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)  # a method may give new layers a larger lr (DePT)
+            for group in self.optimizer.param_groups:  # a method may give new layers a larger lr (DePT)
+                group["lr"] = group_learning_rate(self.optim, epoch, cfg.epochs, group.get("lr_scale", 1.0))
             total_loss, correct, seen, began = 0.0, 0, 0, time.perf_counter()
             batches = source.batches(epoch, generator)
             self.model.train()
