@@ -1,7 +1,6 @@
 import json
 
 import pytest
-import torch
 
 from dipclip import api
 from dipclip.engine.trainer import OptimConfig, learning_rate
