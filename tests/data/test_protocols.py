@@ -3,7 +3,7 @@ import json
 import pytest
 
 from dipclip.cli import main
-from dipclip.engine.protocols import ProtocolConfig, ProtocolRunner, harmonic_mean
+from dipclip.protocols import ProtocolConfig, ProtocolRunner, harmonic_mean
 
 PETS = ("abyssinian", "american bulldog", "beagle", "bengal")
 

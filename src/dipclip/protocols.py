@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import api
-from ..backbones.loading import Backbone, load_backbone
-from ..data.registry import DG_KEYS, TRAINABLE_KEYS, dataset_info
-from ..errors import DipclipError
-from ..methods import method_names
-from .reproducibility import atomic_write_bytes, atomic_write_json
+from . import api
+from .backbones.loading import Backbone, load_backbone
+from .data.registry import DG_KEYS, TRAINABLE_KEYS, dataset_info
+from .engine.reproducibility import atomic_write_bytes, atomic_write_json
+from .errors import DipclipError
+from .methods import method_names
 
 PROTOCOLS = ("base2new", "fewshot", "xd", "dg")
 DEFAULT_SEEDS = (1, 2, 3)

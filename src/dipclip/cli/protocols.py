@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
-
-FORMATTER = argparse.RawDescriptionHelpFormatter
+from .common import FORMATTER, non_negative_int, positive_int
 
 DESCRIPTIONS = {
     "base2new": ("train on the base half of the classes, test on base and new",
@@ -22,9 +20,7 @@ DESCRIPTIONS = {
 DEFAULT_SHOTS = {"base2new": [16], "fewshot": [1, 2, 4, 8, 16], "xd": [16], "dg": [16]}
 
 
-def add_protocol_commands(subparsers) -> None:
-    from .cli import non_negative_int, positive_int
-
+def add_commands(subparsers) -> None:
     for protocol, (short, description) in DESCRIPTIONS.items():
         parser = subparsers.add_parser(
             protocol, formatter_class=FORMATTER, help=short,
@@ -62,7 +58,7 @@ def add_protocol_commands(subparsers) -> None:
 
 
 def cmd_protocol(args) -> int:
-    from .engine.protocols import ProtocolConfig, ProtocolRunner, resolve_datasets
+    from ..protocols import ProtocolConfig, ProtocolRunner, resolve_datasets
 
     options = {k: v for k, v in {"batch_size": args.batch_size, "optimizer": args.optimizer, "lr": args.lr,
                                  "workers": args.workers}.items() if v is not None}
