@@ -56,6 +56,22 @@ def load_data(data: str | None, dataset: str | None, shots: int | None = None, s
                            cache_dir=cache_root() / "fewshot")
 
 
+def split_identity(splits: DatasetSplits) -> str:
+    """Identifies the images a run trains and tests on (file names and labels of train and test, and the
+    class list), so a finished run is never taken for one on other data."""
+    import hashlib
+
+    digest = hashlib.sha256("\n".join(splits.classnames).encode())
+    for name, items in (("train", splits.train), ("test", splits.test)):
+        digest.update(f"#{name}\n".encode())
+        for item in items:
+            where = Path(item.path)
+            if splits.image_root is not None and where.is_relative_to(splits.image_root):
+                where = where.relative_to(splits.image_root)
+            digest.update(f"{where.as_posix()}\t{item.label}\n".encode())
+    return digest.hexdigest()[:20]
+
+
 def embedded_data_root() -> Path:
     """The folder holding dipclip's shipped datasets (``--dataset demo`` needs no ``--data``)."""
     from .backbones.embedded import assets_dir
@@ -156,6 +172,42 @@ def plan_training(method: str, *, recipe: str = "base2new", dataset: str | None 
                         optim=optim_cfg, train=train_cfg, dataset=dataset, shots=shots, seed=seed)
 
 
+PROMPT_ARGUMENTS = ("n_ctx", "class_position", "class_specific", "rank", "dip_init", "dip_dropout", "init_text",
+                    "lambda_do", "lambda_pp", "id_k", "vision_dip", "prompt_depth")
+TRAIN_ARGUMENTS = ("workers", "density_k", "skip_bad_images", "views", "feature_cache", "eval_every")
+
+
+def _plan_from_train_arguments(method: str, *, recipe: str, dataset: str | None, shots: int | None, seed: int,
+                               prompt: str | None, epochs: int | None, batch_size: int | None,
+                               optimizer: str | None, lr: float | None, method_options: dict | None,
+                               random_init: bool, **rest) -> TrainingPlan:
+    prompt_overrides = {k: rest.pop(k) for k in PROMPT_ARGUMENTS if k in rest}
+    train_options = {k: rest.pop(k) for k in TRAIN_ARGUMENTS if k in rest}
+    if rest:
+        raise TypeError(f"unexpected training argument(s): {', '.join(sorted(rest))}")
+    return plan_training(
+        method, recipe=recipe, dataset=dataset, shots=shots, seed=seed, prompt=prompt, epochs=epochs,
+        batch_size=batch_size, optimizer=optimizer, lr=lr, method_options=method_options,
+        prompt_overrides=prompt_overrides, random_init=random_init, train_options=train_options,
+    )
+
+
+def train_config(method: str = "dip", *, recipe: str = "base2new", model: str | None = None,
+                 pretrained: str = "none", data: str | None = None, dataset: str | None = None,
+                 shots: int | None = 16, seed: int = 1, subsample: str = "all", device: str = "auto",
+                 prompt: str | None = None, epochs: int | None = None, batch_size: int | None = None,
+                 optimizer: str | None = None, lr: float | None = None, method_options: dict | None = None,
+                 random_init: bool = False, **prompt_and_train) -> dict:
+    """The ``config`` that :func:`train` with the same arguments would record, without loading a model or
+    data (``dipclip train --dry-run``); ``device`` is as requested, not yet resolved."""
+    plan = _plan_from_train_arguments(
+        method, recipe=recipe, dataset=dataset, shots=shots, seed=seed, prompt=prompt, epochs=epochs,
+        batch_size=batch_size, optimizer=optimizer, lr=lr, method_options=method_options, random_init=random_init,
+        **prompt_and_train)
+    return plan.config(data=resolve_data_root(data, dataset), subsample=subsample, model=model,
+                       pretrained=pretrained, device=device)
+
+
 def train(
     method: str = "dip",
     *,
@@ -211,16 +263,14 @@ def train(
     ``metrics.json`` records the recipe and those overrides.
     """
     began = time.perf_counter()
-    plan = plan_training(
+    plan = _plan_from_train_arguments(
         method, recipe=recipe, dataset=dataset, shots=shots, seed=seed, prompt=prompt, epochs=epochs,
-        batch_size=batch_size, optimizer=optimizer, lr=lr, method_options=method_options,
-        prompt_overrides=dict(n_ctx=n_ctx, class_position=class_position, class_specific=class_specific, rank=rank,
-                              dip_init=dip_init, dip_dropout=dip_dropout, init_text=init_text, lambda_do=lambda_do,
-                              lambda_pp=lambda_pp, id_k=id_k, vision_dip=vision_dip, prompt_depth=prompt_depth),
-        random_init=random_init, train_options=dict(workers=workers, density_k=density_k,
-                                                    skip_bad_images=skip_bad_images, views=views,
-                                                    feature_cache=feature_cache, eval_every=eval_every),
-    )
+        batch_size=batch_size, optimizer=optimizer, lr=lr, method_options=method_options, n_ctx=n_ctx,
+        class_position=class_position, class_specific=class_specific, rank=rank, dip_init=dip_init,
+        dip_dropout=dip_dropout, init_text=init_text, lambda_do=lambda_do, lambda_pp=lambda_pp, id_k=id_k,
+        vision_dip=vision_dip, prompt_depth=prompt_depth, random_init=random_init, workers=workers,
+        density_k=density_k, skip_bad_images=skip_bad_images, views=views, feature_cache=feature_cache,
+        eval_every=eval_every)
     prompt_method, prompt_cfg, optim_cfg, train_cfg = plan.method, plan.prompt, plan.optim, plan.train
     backbone = backbone or load_backbone(model, pretrained, device=device)
     data = resolve_data_root(data, dataset)
@@ -273,6 +323,7 @@ def train(
         "density": density_report(context.merged(), context.initial, density_k),
         "num_classes": len(splits.classnames),
         "num_train_images": len(splits.train),
+        "data_identity": split_identity(splits),
         "backbone": backbone.describe(),
         "config": config,
         "timing": {

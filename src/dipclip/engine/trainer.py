@@ -114,6 +114,18 @@ def run_fingerprint(payload: dict, items: Sequence[Datum]) -> str:
     return digest.hexdigest()[:20]
 
 
+def _differences(held: dict, wanted: dict, prefix: str = "") -> list[str]:
+    """``key held -> wanted`` for each leaf that differs between two settings payloads."""
+    out = []
+    for key in sorted(set(held) | set(wanted)):
+        a, b = held.get(key), wanted.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != json.loads(json.dumps(b, default=str)):
+            out.append(f"{prefix}{key} {a!r} -> {b!r}")
+    return out
+
+
 class Trainer:
     def __init__(self, method: PromptMethod, model: PromptCLIP, optim: OptimConfig, config: TrainConfig,
                  out_dir: str | Path, progress: bool = True, log: Callable[[str], None] | None = None,
@@ -141,8 +153,8 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.out_dir / CHECKPOINT_NAME
 
-    def _fingerprint(self, items: Sequence[Datum], source: BatchSource) -> str:
-        payload = {
+    def _fingerprint_payload(self, source: BatchSource) -> dict:
+        return {
             "method": self.method.name,
             "prompt": self.model.prompt_cfg.to_dict(),
             "optim": asdict(self.optim),
@@ -152,14 +164,16 @@ class Trainer:
             "classes": self.model.classnames,
             "source": source.describe(),
         }
-        return run_fingerprint(payload, items)
 
-    def _restore(self, fingerprint: str) -> tuple[int, list[dict]]:
+    def _restore(self, fingerprint: str, payload: dict) -> tuple[int, list[dict]]:
         state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
         if state.get("fingerprint") != fingerprint:
+            held = state.get("settings")
+            differing = _differences(json.loads(held), payload) if isinstance(held, str) else []
+            named = f" ({'; '.join(differing[:4])})" if differing else " (settings or data)"
             raise DipclipError(
-                f"{self.checkpoint_path} belongs to a run with other settings or data; use another --out "
-                "or drop --resume to start over there"
+                f"{self.checkpoint_path} belongs to a run with other settings{named}; use another --out, "
+                "or delete that folder to start over there"
             )
         self.model.load_learnable_state(state["learned"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -189,7 +203,8 @@ class Trainer:
             raise DipclipError("the training split is empty; check the dataset and --shots")
         cfg = self.config
         source = source if source is not None else self.default_source(items)
-        fingerprint = self._fingerprint(items, source)
+        payload = self._fingerprint_payload(source)
+        fingerprint = run_fingerprint(payload, items)
         start, history = 0, []
         self.method.load_training_state({})
         if self.checkpoint_path.exists():
@@ -198,7 +213,7 @@ class Trainer:
                     f"{self.out_dir} already holds a run ({CHECKPOINT_NAME}); pass --resume to continue it or "
                     "choose another --out"
                 )
-            start, history = self._restore(fingerprint)
+            start, history = self._restore(fingerprint, payload)
             if start:
                 self.log(f"resuming from epoch {start}/{cfg.epochs} ({self.checkpoint_path})")
         device = self.model.backbone.device
@@ -246,6 +261,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "history": history,
                 "fingerprint": fingerprint,
+                "settings": json.dumps(payload, sort_keys=True, default=str),  # names what differs on --resume
                 "method_state": self.method.training_state(),
             })
         self.method.end_training(self.model, cfg.epochs)
