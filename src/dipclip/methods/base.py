@@ -75,7 +75,8 @@ def init_tail(backbone: Backbone, cfg: PromptConfig) -> str:
 
 
 def context_init(backbone: Backbone, cfg: PromptConfig, n_classes: int, keep_tail: bool = False) -> torch.Tensor:
-    """The starting context: the init text's word embeddings (n_ctx = its token count), or N(0, 0.02).
+    """The starting context: the init text's word embeddings (n_ctx = its token count), or N(0, 0.02)
+    (drawn independently for every class when the context is class-specific).
 
     With ``keep_tail`` the init text may be longer than n_ctx: its first n_ctx tokens initialise the context
     and the rest stays as fixed words (:func:`init_tail`), MaPLe's convention; CoOp asks for an exact match.
@@ -91,12 +92,13 @@ def context_init(backbone: Backbone, cfg: PromptConfig, n_classes: int, keep_tai
             )
         with torch.no_grad():
             init = backbone.text.embed_tokens(ids)[0, 1 : 1 + cfg.n_ctx].clone()
+        if cfg.class_specific:  # every class starts from the init text (CoOp's own code ignores CSC here)
+            init = init.unsqueeze(0).repeat(n_classes, 1, 1)
     else:
+        # class-specific: an independent N(0, 0.02) draw per class, as CoOp's CSC random init
+        shape = (n_classes, cfg.n_ctx, width) if cfg.class_specific else (cfg.n_ctx, width)
         generator = torch.Generator().manual_seed(cfg.init_seed)
-        init = torch.randn(cfg.n_ctx, width, generator=generator) * 0.02
-        init = init.to(backbone.device)
-    if cfg.class_specific:
-        init = init.unsqueeze(0).repeat(n_classes, 1, 1)
+        init = (torch.randn(*shape, generator=generator) * 0.02).to(backbone.device)
     return init
 
 
