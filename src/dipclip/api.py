@@ -33,7 +33,7 @@ from .engine.reproducibility import atomic_write_bytes, atomic_write_json
 from .engine.trainer import TrainConfig, Trainer
 from .errors import DipclipError
 from .methods import get_method, with_prompt
-from .methods.zeroshot import ENSEMBLE_TEMPLATES, zeroshot_text_features
+from .methods.zeroshot import ENSEMBLE_TEMPLATES, ensemble_templates, zeroshot_text_features
 from .paths import cache_root
 
 METRICS_NAME = "metrics.json"
@@ -230,12 +230,16 @@ def zeroshot(
     splits: DatasetSplits | None = None,
     feature_cache: bool = True,
 ) -> dict:
-    """Zero-shot CLIP with the dataset's template (or ``templates``; ``ensemble`` adds CLIP's 7 templates)."""
+    """Zero-shot CLIP with the dataset's template (or ``templates``). ``ensemble`` alone is CoOp's ensemble
+    baseline (CLIP's 7 templates, plus the dataset's own except on ImageNet); with ``templates`` it adds the 7."""
     backbone = backbone or load_backbone(model, pretrained, device=device)
     splits = splits or load_data(data, dataset, None, 1, subsample)
-    chosen = list(templates) if templates else [splits.template]
-    if ensemble:
-        chosen += [t for t in ENSEMBLE_TEMPLATES if t not in chosen]
+    if ensemble and not templates:  # CoOp's ensemble: the 7 templates (+ the dataset's, except on ImageNet)
+        chosen = ensemble_templates(splits.name, splits.template)
+    else:
+        chosen = list(templates) if templates else [splits.template]
+        if ensemble:
+            chosen += [t for t in ENSEMBLE_TEMPLATES if t not in chosen]
     text_features = zeroshot_text_features(backbone, splits.classnames, chosen)
     name = split if subsample == "all" else subsample
     result = evaluate_items(backbone, text_features, splits.split(split), workers=workers,
