@@ -246,3 +246,20 @@ def test_promptsrc_vision_prompts_as_dip_option(deep_backbone):
     assert plain_dip.num_trainable() - b.num_trainable() == saved
     with torch.no_grad():
         assert (a.logits(images) - b.logits(images)).abs().max() <= 1e-5
+
+
+def test_maple_deep_projections_start_identical_and_the_first_is_its_own(deep_backbone):
+    """MaPLe's code: ``proj`` (layer 0) is its own Linear; the deep projections are deep copies of one Linear."""
+    maple = get_method("maple")
+    model = maple.build(deep_backbone, NAMES, maple.prompt_config())
+    first, *deep = model.projections
+    assert len(deep) == LAYERS - 1
+    for layer in deep[1:]:
+        assert torch.equal(layer.weight, deep[0].weight) and torch.equal(layer.bias, deep[0].bias)
+        assert layer.weight.data_ptr() != deep[0].weight.data_ptr()  # copies, trained apart
+    assert not torch.equal(first.weight, deep[0].weight)
+    with torch.random.fork_rng(devices=[]):  # the two draws, made directly
+        torch.manual_seed(0)
+        a = torch.nn.Linear(deep_backbone.text.width, VisionTower(deep_backbone.model).width)
+        b = torch.nn.Linear(deep_backbone.text.width, VisionTower(deep_backbone.model).width)
+    assert torch.equal(first.weight, a.weight) and torch.equal(deep[0].weight, b.weight)
