@@ -46,6 +46,33 @@ def test_kgcoop_loss_is_zero_at_the_hand_crafted_prompt(tiny_backbone):
     assert float(loss.detach()) == pytest.approx(8.0 * float((1 - cos).mean().detach()), rel=1e-5) and float(loss.detach()) > 0
 
 
+
+def test_kgcoop_anchors_are_zero_shot_features_of_kgcoops_own_dataset_template(tiny_backbone):
+    kg = get_method("kgcoop")
+    cfg = kg.prompt_config(dataset="dtd")
+    assert cfg.template == "a photo of a {}, a type of texture."  # not the zero-shot "{} texture."
+    assert kg.prompt_config(dataset="food101").template == "a photo of {}, a type of food."
+    assert kg.prompt_config(dataset="imagefolder").template == "a photo of a {}."
+    assert kg.prompt_config(dataset="dtd", template="my {} here.").template == "my {} here."
+    model = kg.build(tiny_backbone, NAMES, cfg)
+    ids = tiny_backbone.tokenize([f"a photo of a {n}, a type of texture." for n in NAMES])
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(tiny_backbone.text.encode_token_ids(ids).float(), dim=-1)
+    assert torch.allclose(kg.anchor_features(model), expected, atol=1e-6)
+
+
+def test_train_passes_the_dataset_key_to_the_methods_templates(tmp_path, tiny_backbone, image_tree):
+    from dataclasses import replace
+
+    splits = replace(api.load_data(str(image_tree), "imagefolder", shots=2), name="oxford_pets")
+    metrics = api.train("kgcoop", backbone=tiny_backbone, splits=splits, epochs=1, batch_size=3, progress=False,
+                        out=tmp_path / "kg")
+    assert metrics["config"]["prompt"]["template"] == "a photo of a {}, a type of pet."
+    coop = api.train("coop", backbone=tiny_backbone, splits=splits, epochs=1, batch_size=3, progress=False,
+                     out=tmp_path / "coop")
+    assert coop["config"]["prompt"]["template"] is None  # CoOp uses no hand-crafted template
+
+
 META_NET_TINY = 32 * 2 + 2 + 2 * 64 + 64  # Linear(32, 2) + Linear(2, 64) at the tiny widths
 
 EXPECTED_TINY = {

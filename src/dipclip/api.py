@@ -109,6 +109,9 @@ def train(
     lambda_pp: float | None = None,
     id_k: int | None = None,
     prompt_depth: int | None = None,
+    prograd_lambda: float | None = None,
+    gpa_mean: float | None = None,
+    gpa_std: float | None = None,
     density_k: int = 1,
     eval_every: int = 0,
     device: str = "auto",
@@ -136,12 +139,14 @@ def train(
     backbone = backbone or load_backbone(model, pretrained, device=device)
     prompt_overrides = dict(n_ctx=n_ctx, class_position=class_position, class_specific=class_specific, rank=rank,
                             dip_init=dip_init, dip_dropout=dip_dropout, init_text=init_text,
-                            lambda_do=lambda_do, lambda_pp=lambda_pp, id_k=id_k, vision_dip=vision_dip, prompt_depth=prompt_depth)
+                            lambda_do=lambda_do, lambda_pp=lambda_pp, id_k=id_k, vision_dip=vision_dip, prompt_depth=prompt_depth,
+                            prograd_lambda=prograd_lambda, gpa_mean=gpa_mean, gpa_std=gpa_std)
     if init_text and n_ctx is None:
         prompt_overrides["n_ctx"] = len(backbone.tokenizer.encode(init_text))  # CoOp: n_ctx follows the init
     if random_init:
         prompt_overrides["init_text"] = ""
-    prompt_cfg = prompt_method.prompt_config(**prompt_overrides)
+    dataset_key = dataset if dataset is not None else (splits.name if splits is not None else None)
+    prompt_cfg = prompt_method.prompt_config(dataset=dataset_key, **prompt_overrides)  # per-dataset templates
     optim_cfg = prompt_method.optim_config(optimizer=optimizer, lr=lr)
     train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, workers=workers, density_k=density_k,
                             skip_bad_images=skip_bad_images, views=views, feature_cache=feature_cache,

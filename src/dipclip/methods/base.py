@@ -15,6 +15,7 @@ from ..backbones.loading import Backbone
 from ..density import information_density
 from ..errors import DipclipError
 from ..prompts import CLASS_POSITIONS, DIP_INITS, ClassPrompts, FullRankContext, LowRankContext
+from .templates import template_for
 
 PARAMETERIZATIONS = ("full", "dip")
 
@@ -37,6 +38,11 @@ class PromptConfig:
     id_k: int = 1  # the k of both ID levers
     vision_dip: bool = False  # with parameterization "dip": also the independent vision prompts (PromptSRC)
     prompt_depth: int = 1  # deep prompts (MaPLe, PromptSRC): layers 0..depth-1 get learned tokens; 1 = input only
+    # Method settings, here so that adapters, metrics and the resume fingerprint record them like the rest:
+    template: str | None = None  # hand-crafted template of KgCoOp's anchor / ProGrad's teacher (None: not used)
+    prograd_lambda: float = 1.0  # ProGrad: how much of the conflicting component is removed (LOSS.LAMBDA)
+    gpa_mean: float | None = None  # PromptSRC GPA: Gaussian mean over epochs 1..E (None: 0.75 * E)
+    gpa_std: float = 1.0  # PromptSRC GPA: Gaussian std (epochs)
 
     def validate(self) -> PromptConfig:
         if self.n_ctx < 1:
@@ -57,6 +63,12 @@ class PromptConfig:
             raise DipclipError(f"prompt depth must be >= 1, got {self.prompt_depth}")
         if not 1 <= self.id_k <= self.n_ctx:
             raise DipclipError(f"--id-k must be between 1 and n_ctx ({self.n_ctx}), got {self.id_k}")
+        if self.template is not None and "{}" not in self.template:
+            raise DipclipError(f"template {self.template!r} must contain '{{}}' where the class name goes")
+        if self.prograd_lambda < 0:
+            raise DipclipError(f"--prograd-lambda must be >= 0, got {self.prograd_lambda}")
+        if not self.gpa_std > 0:
+            raise DipclipError(f"the GPA std must be > 0, got {self.gpa_std}")
         return self
 
     def to_dict(self) -> dict:
@@ -225,13 +237,21 @@ class PromptMethod:
     summary: str = ""
     prompt_defaults: PromptConfig = PromptConfig()
     optim_defaults: OptimConfig = OptimConfig()
+    # per-dataset hand-crafted templates (dataset key -> template) of a method that uses one (KgCoOp, ProGrad)
+    dataset_templates: dict[str, str] | None = None
 
-    def prompt_config(self, **overrides) -> PromptConfig:
-        """Defaults with the given overrides; ``None`` keeps a default, ``init_text=""`` asks for a random init."""
+    def prompt_config(self, dataset: str | None = None, **overrides) -> PromptConfig:
+        """Defaults with the given overrides; ``None`` keeps a default, ``init_text=""`` asks for a random init.
+
+        ``dataset`` (a dataset key) picks the method's own template from :attr:`dataset_templates` unless a
+        ``template`` is given; the resolved template is part of the config, so the adapter records it.
+        """
         clean = {k: v for k, v in overrides.items() if v is not None}
         cfg = replace(self.prompt_defaults, **clean)
         if cfg.init_text == "":
             cfg = replace(cfg, init_text=None)
+        if self.dataset_templates is not None and cfg.template is None:
+            cfg = replace(cfg, template=template_for(self.dataset_templates, dataset))
         return cfg.validate()
 
     def optim_config(self, **overrides) -> OptimConfig:
