@@ -3,6 +3,7 @@ import torch
 
 from dipclip import api
 from dipclip.density import information_density
+from dipclip.errors import DipclipError
 from dipclip.methods import METHODS, get_method
 from dipclip.methods.base import density_levers
 from dipclip.methods.zeroshot import zeroshot_text_features
@@ -144,6 +145,78 @@ def test_prograd_projects_conflicting_gradients(tiny_backbone):
     expected = g_ce - dot / g_kl.square().sum() * g_kl if dot < 0 else g_ce
     assert torch.allclose(-step, expected, atol=1e-6)
     assert float((-step * g_kl).sum()) >= -1e-6  # never against the zero-shot direction
+
+
+def test_prograd_projection_formula_and_lambda():
+    from dipclip.methods.prograd import project_conflict
+
+    grad, general = torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0])  # dot -1, |general|^2 2
+    assert torch.allclose(project_conflict(grad, general, 1.0), torch.tensor([0.5, 0.5]))
+    assert torch.allclose(project_conflict(grad, general, 0.8), torch.tensor([1 - 0.4, 0.4]))
+    assert torch.equal(project_conflict(grad, -general, 1.0), grad)  # no conflict: unchanged
+    assert torch.equal(project_conflict(grad, torch.zeros(2), 1.0), grad)
+
+
+def test_prograd_projects_each_learned_tensor_apart(tiny_backbone):
+    """prograd+dip learns A and B: each is projected against its own KL gradient (Dassl.ProGrad's per-parameter
+    loop), with lambda, not the concatenated (A, B) vector."""
+    prograd = get_method("prograd+dip")
+    cfg = prograd.prompt_config(prograd_lambda=0.8)
+    torch.manual_seed(4)
+    features = torch.nn.functional.normalize(torch.randn(6, 32), dim=-1)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    model = prograd.build(tiny_backbone, NAMES, cfg)
+    params = model.trainable_parameters()
+    assert len(params) == 2
+    before = [p.detach().clone() for p in params]
+    loss, logits = prograd.loss(model, features, labels)
+    target = prograd.zero_shot_logits(model, features).softmax(-1)
+    kl = torch.nn.functional.kl_div(logits.log_softmax(-1), target, reduction="batchmean")
+    g_ce = torch.autograd.grad(loss, params, retain_graph=True)
+    g_kl = torch.autograd.grad(kl, params)
+    expected, conflicts = [], 0
+    for ce, general in zip(g_ce, g_kl, strict=True):
+        dot = float((ce * general).sum())
+        conflicts += dot < 0
+        expected.append(ce - 0.8 * dot / general.square().sum() * general if dot < 0 else ce)
+    assert conflicts >= 1  # the case under test happens
+    flat_ce, flat_kl = torch.cat([g.flatten() for g in g_ce]), torch.cat([g.flatten() for g in g_kl])
+    dot = flat_ce @ flat_kl
+    joint = flat_ce - 0.8 * dot / flat_kl.square().sum() * flat_kl if dot < 0 else flat_ce
+    assert (joint - torch.cat([e.flatten() for e in expected])).abs().max() > 1e-4  # the two rules differ here
+    optimizer = torch.optim.SGD(params, lr=1.0)
+    prograd.training_step(model, features, labels, optimizer)
+    for p, b, e in zip(params, before, expected, strict=True):
+        assert torch.allclose(b - p.detach(), e, atol=1e-6)
+
+
+def test_prograd_context_init_and_teacher_follow_the_dataset_template(tiny_backbone):
+    """CTX_INIT with pets: zeros, then the first 8 (= word count) tokens of "a type of pet, a photo of a" (9 tokens:
+    the comma is one), and the 9th token stays a fixed word; the teacher uses ProGrad's pets template."""
+    prograd = get_method("prograd")
+    cfg = prograd.prompt_config(dataset="oxford_pets", n_ctx=16)
+    assert cfg.template == "a type of pet, a photo of a {}." and cfg.init_text == "a type of pet, a photo of a"
+    model = prograd.build(tiny_backbone, NAMES, cfg)
+    assert model.fixed_words == "a"
+    ids = tiny_backbone.tokenize([" ".join(["X"] * 8) + f" a type of pet, a photo of a {n}." for n in NAMES])
+    with torch.no_grad():
+        embeddings = tiny_backbone.text.embed_tokens(ids)
+        embeddings[:, 1:9] = 0.0
+        expected = torch.nn.functional.normalize(tiny_backbone.text(embeddings, ids.argmax(-1)).float(), dim=-1)
+        ctx = model.context.ctx
+        assert torch.equal(ctx[:8], torch.zeros(8, 64))
+        words = tiny_backbone.text.embed_tokens(tiny_backbone.tokenize(["a type of pet , a photo of"]))[0, 1:9]
+        assert torch.allclose(ctx[8:], words)
+        assert torch.allclose(model.text_features(), expected, atol=1e-5)
+        teacher = zeroshot_text_features(tiny_backbone, NAMES, ["a type of pet, a photo of a {}."])
+        features = torch.nn.functional.normalize(torch.randn(2, 32), dim=-1)
+        assert torch.allclose(prograd.zero_shot_logits(model, features),
+                              tiny_backbone.logit_scale * features @ teacher.t(), atol=1e-5)
+    plain = prograd.prompt_config(dataset="caltech101")  # "a photo of a": 4 words, 4 tokens, n_ctx 4
+    assert plain.init_text == "a photo of a" and prograd.build(tiny_backbone, NAMES, plain).fixed_words == ""
+    with pytest.raises(DipclipError, match="8 words but n_ctx is 4.*--n-ctx 16"):
+        prograd.build(tiny_backbone, NAMES, prograd.prompt_config(dataset="oxford_pets"))
+    assert prograd.prompt_config(dataset="oxford_pets", init_text="").init_text is None  # --random-init
 
 
 def test_dept_fuses_its_head_on_training_classes_only(tiny_backbone):

@@ -129,10 +129,6 @@ def parameterize(init: torch.Tensor, cfg: PromptConfig, device: torch.device, se
     return context.to(device)
 
 
-def build_context(backbone: Backbone, cfg: PromptConfig, n_classes: int, keep_tail: bool = False) -> nn.Module:
-    return parameterize(context_init(backbone, cfg, n_classes, keep_tail), cfg, backbone.device)
-
-
 class PromptCLIP(nn.Module):
     """CLIP whose class text features come from a learned context (CoOp's CustomCLIP)."""
 
@@ -140,12 +136,17 @@ class PromptCLIP(nn.Module):
         super().__init__()
         self.prompt_cfg = prompt_cfg.validate()
         self.backbone = backbone
-        self.context = build_context(backbone, prompt_cfg, len(classnames), self.keeps_init_tail)
-        self.fixed_words = init_tail(backbone, prompt_cfg) if self.keeps_init_tail else ""
+        init, self.fixed_words = self.initial_context(backbone, prompt_cfg, len(classnames))
+        self.context = parameterize(init, prompt_cfg, backbone.device)
         self.class_prompts = self._class_prompts(classnames)
         self.train_classnames = list(self.class_prompts.classnames)
 
     has_class_head = False  # True when learned tensors are tied to the training classes (DePT's linear head)
+
+    def initial_context(self, backbone: Backbone, cfg: PromptConfig, n_classes: int) -> tuple[torch.Tensor, str]:
+        """(the starting context, the fixed words between it and the class name); ProGrad lays it out its way."""
+        init = context_init(backbone, cfg, n_classes, self.keeps_init_tail)
+        return init, (init_tail(backbone, cfg) if self.keeps_init_tail else "")
 
     def _class_prompts(self, classnames: list[str]) -> ClassPrompts:
         cfg = self.prompt_cfg
