@@ -118,8 +118,10 @@ def test_dip_switch_starts_from_the_methods_own_initial_model(tiny_backbone):
         for init in ("zero-delta", "residual-svd"):
             a = full.build(tiny_backbone, NAMES, full.prompt_config()).eval()
             b = low.build(tiny_backbone, NAMES, low.prompt_config(dip_init=init)).eval()
+            inputs = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(0)) if a.image_prompted \
+                else features  # DePT's head takes images (it needs unnormalised features)
             with torch.no_grad():
-                assert (a.logits(features) - b.logits(features)).abs().max() <= 1e-4, (name, init)
+                assert (a.logits(inputs) - b.logits(inputs)).abs().max() <= 1e-4, (name, init)
     with pytest.raises(Exception, match=r"unknown method 'coop\+lora'"):
         get_method("coop+lora")
 
@@ -222,18 +224,71 @@ def test_prograd_context_init_and_teacher_follow_the_dataset_template(tiny_backb
 def test_dept_fuses_its_head_on_training_classes_only(tiny_backbone):
     dept = get_method("dept")
     model = dept.build(tiny_backbone, NAMES, dept.prompt_config()).eval()
-    features = torch.nn.functional.normalize(torch.randn(4, 32), dim=-1)
+    images = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
-        fused = model.logits(features)
+        assert model.image_prompted and model.image_conditioned  # the head takes raw image features
+        fused = model.logits(images)
+        raw = tiny_backbone.encode_images(images, normalize=False)
+        features = torch.nn.functional.normalize(raw, dim=-1)
         text = torch.nn.functional.normalize(model.class_prompts(model.context()), dim=-1)
         similarity = tiny_backbone.logit_scale * features @ text.t()
-        head = model.head(features)  # cwT is the identity at init
+        head = raw @ model.head.weight.t() + model.head.bias  # cwT is the identity at init; unnormalised input
         assert torch.allclose(fused, 0.3 * similarity + 0.7 * head, atol=1e-5)
-        assert model.image_conditioned
+        assert not torch.allclose(fused, 0.3 * similarity + 0.7 * model.head(features), atol=1e-3)
         model.set_classnames(["tree", "car"])
-        assert not model.image_conditioned
+        assert not model.image_conditioned and not model.image_prompted
         other = torch.nn.functional.normalize(model.class_prompts(model.context()), dim=-1)
         assert torch.allclose(model.logits(features), tiny_backbone.logit_scale * features @ other.t(), atol=1e-5)
     groups = model.param_groups()
     assert [g["lr_scale"] for g in groups] == [1.0, 6.5]
     assert sum(p.numel() for p in groups[1]["params"]) == 4 * 32 + 32 * 3 + 3
+
+
+def test_dept_head_inputs_are_unnormalised_features(tiny_backbone):
+    """Both head inputs are the raw projected features through cwT (DePT's elp_coop.py), the similarity the
+    normalised ones."""
+    dept = get_method("dept")
+    model = dept.build(tiny_backbone, NAMES, dept.prompt_config()).train()
+    with torch.no_grad():
+        for transform in (model.text_transform, model.image_transform):
+            transform.scale.uniform_(0.5, 1.5)
+            transform.shift.normal_(0, 0.1)
+    images, labels = torch.randn(3, 3, 32, 32), torch.tensor([0, 2, 1])
+    loss, fused = dept.loss(model, images, labels)
+    with torch.no_grad():
+        raw_image = tiny_backbone.encode_images(images, normalize=False)
+        raw_text = model.class_prompts(model.context()).float()
+        image, text = (torch.nn.functional.normalize(x, dim=-1) for x in (raw_image, raw_text))
+        similarity = tiny_backbone.logit_scale * image @ text.t()
+        cwt_text = raw_text * model.text_transform.scale + model.text_transform.shift
+        cwt_image = raw_image * model.image_transform.scale + model.image_transform.shift
+        head_text = cwt_text[labels] @ model.head.weight.t() + model.head.bias
+        head_image = cwt_image @ model.head.weight.t() + model.head.bias
+        ce = torch.nn.functional.cross_entropy
+        expected = 0.3 * ce(similarity, labels) + 0.7 * ce(torch.cat([head_text, head_image]), torch.cat([labels, labels]))
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-5)
+    assert torch.allclose(fused.detach(), 0.3 * similarity + 0.7 * head_image, atol=1e-5)
+
+
+def test_dept_head_rows_are_clipped_to_a_subset_of_the_training_classes(tiny_backbone):
+    """As the authors do for ImageNet-A/R (200 of ImageNet's classes): the head stays on, with those rows."""
+    dept = get_method("dept")
+    model = dept.build(tiny_backbone, NAMES, dept.prompt_config()).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        full = model.logits(images)
+        model.set_classnames(["bird", "cat"])  # a subset, in another order
+        assert model.head_active
+        clipped = model.logits(images)
+        raw = tiny_backbone.encode_images(images, normalize=False)
+        text = torch.nn.functional.normalize(model.class_prompts(model.context()), dim=-1)
+        similarity = tiny_backbone.logit_scale * torch.nn.functional.normalize(raw, dim=-1) @ text.t()
+        rows = torch.tensor([2, 0])
+        head = raw @ model.head.weight[rows].t() + model.head.bias[rows]
+        assert torch.allclose(clipped, 0.3 * similarity + 0.7 * head, atol=1e-5)
+        assert torch.allclose(clipped, full[:, rows], atol=1e-5)
+        model.set_classnames(["cat", "tree"])  # one class the head never saw: prompt only
+        assert not model.head_active
+    repeated = dept.build(tiny_backbone, ["cat", "cat", "dog"], dept.prompt_config())
+    with pytest.raises(DipclipError, match="more than once"):
+        repeated.set_classnames(["cat"])

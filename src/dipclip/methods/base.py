@@ -166,7 +166,9 @@ class PromptCLIP(nn.Module):
         self.class_prompts = self._class_prompts(classnames)
 
     image_conditioned = False  # True when class text features depend on the image (CoCoOp)
-    image_prompted = False  # True when image features depend on learned prompts: logits() takes raw images (MaPLe)
+    # True when logits() takes raw images: image features depend on learned prompts (MaPLe, PromptSRC), or the
+    # model needs them unnormalised (DePT's head), which stored features are not
+    image_prompted = False
     keeps_init_tail = False  # True: an init text longer than n_ctx keeps its tail as fixed words (MaPLe)
 
     def train(self, mode: bool = True) -> PromptCLIP:
