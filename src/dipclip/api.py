@@ -33,7 +33,8 @@ from .engine.reproducibility import atomic_write_bytes, atomic_write_json
 from .engine.trainer import TrainConfig, Trainer
 from .errors import DipclipError
 from .methods import OptimConfig, PromptConfig, PromptMethod, get_method, with_prompt
-from .methods.zeroshot import ENSEMBLE_TEMPLATES, zeroshot_text_features
+from .methods.base import METHOD_SETTINGS
+from .methods.zeroshot import ENSEMBLE_TEMPLATES, ensemble_templates, zeroshot_text_features
 from .paths import cache_root
 from .recipes import Recipe, resolve_recipe
 
@@ -121,7 +122,6 @@ class TrainingPlan:
             "recipe": {**self.recipe.describe(), "overrides": self.overrides},
             "data": data, "dataset": self.dataset, "shots": self.shots, "seed": self.seed, "subsample": subsample,
             "prompt": self.prompt.to_dict(), "optim": asdict(self.optim), "train": asdict(self.train),
-            "method_options": self.method.options(),
             "model": model, "pretrained": pretrained, "device": device,
         }
 
@@ -145,7 +145,7 @@ def plan_training(method: str, *, recipe: str = "base2new", dataset: str | None 
         prompt_method = with_prompt(prompt_method, prompt)
     chosen = resolve_recipe(prompt_method.name, recipe, dataset, shots)
     given = {k: v for k, v in (prompt_overrides or {}).items() if v is not None}
-    overrides = {f"prompt.{k}": v for k, v in given.items()}
+    overrides = {f"{'method' if k in METHOD_SETTINGS else 'prompt'}.{k}": v for k, v in given.items()}
     if random_init:
         overrides["prompt.init_text"] = None
     for dotted, value in (("train.epochs", epochs), ("train.batch_size", batch_size),
@@ -154,26 +154,30 @@ def plan_training(method: str, *, recipe: str = "base2new", dataset: str | None 
             overrides[dotted] = value
     overrides.update({f"method.{k}": v for k, v in (method_options or {}).items() if v is not None})
 
-    prompt_values = dict(chosen.values.get("prompt", {}))
+    unknown = sorted(set(method_options or {}) - set(METHOD_SETTINGS))
+    if unknown:
+        raise DipclipError(f"unknown method option(s) {', '.join(unknown)}; use {', '.join(METHOD_SETTINGS)}")
+    prompt_values = {**chosen.values.get("prompt", {}), **chosen.values.get("method", {})}
     if "init_text" in given and "n_ctx" not in given:  # CoOp: n_ctx follows the init text
         given["n_ctx"] = clip_token_count(given["init_text"])
     prompt_values.update(given)
-    if random_init or prompt_values.get("init_text", "unset") is None:
+    prompt_values.update({k: v for k, v in (method_options or {}).items() if v is not None})
+    if random_init or ("init_text" in prompt_values and prompt_values["init_text"] is None):
         prompt_values["init_text"] = ""  # prompt_config's spelling of a random N(0, 0.02) context
-    prompt_cfg = prompt_method.prompt_config(**prompt_values)
+    prompt_cfg = prompt_method.prompt_config(dataset=dataset, **prompt_values)  # + the method's dataset template
     optim_values = {**chosen.values.get("optim", {}), **{k.split(".")[1]: v for k, v in overrides.items()
                                                           if k.startswith("optim.")}}
     optim_cfg = prompt_method.optim_config(**optim_values)
     train_values = {**chosen.values.get("train", {}), **{k.split(".")[1]: v for k, v in overrides.items()
                                                           if k.startswith("train.")}}
     train_cfg = TrainConfig(**train_values, seed=seed, **(train_options or {})).validate()
-    prompt_method.configure({**chosen.values.get("method", {}), **(method_options or {})})
     return TrainingPlan(method=prompt_method, recipe=chosen, overrides=overrides, prompt=prompt_cfg,
                         optim=optim_cfg, train=train_cfg, dataset=dataset, shots=shots, seed=seed)
 
 
 PROMPT_ARGUMENTS = ("n_ctx", "class_position", "class_specific", "rank", "dip_init", "dip_dropout", "init_text",
-                    "lambda_do", "lambda_pp", "id_k", "vision_dip", "prompt_depth")
+                    "lambda_do", "lambda_pp", "id_k", "vision_dip", "prompt_depth", "prograd_lambda", "gpa_mean",
+                    "gpa_std")
 TRAIN_ARGUMENTS = ("workers", "density_k", "skip_bad_images", "views", "feature_cache", "eval_every")
 
 
@@ -201,7 +205,8 @@ def train_config(method: str = "dip", *, recipe: str = "base2new", model: str | 
     """The ``config`` that :func:`train` with the same arguments would record, without loading a model or
     data (``dipclip train --dry-run``); ``device`` is as requested, not yet resolved."""
     plan = _plan_from_train_arguments(
-        method, recipe=recipe, dataset=dataset, shots=shots, seed=seed, prompt=prompt, epochs=epochs,
+        method, recipe=recipe, dataset=dataset,
+        shots=shots, seed=seed, prompt=prompt, epochs=epochs,
         batch_size=batch_size, optimizer=optimizer, lr=lr, method_options=method_options, random_init=random_init,
         **prompt_and_train)
     return plan.config(data=resolve_data_root(data, dataset), subsample=subsample, model=model,
@@ -238,6 +243,9 @@ def train(
     lambda_pp: float | None = None,
     id_k: int | None = None,
     prompt_depth: int | None = None,
+    prograd_lambda: float | None = None,
+    gpa_mean: float | None = None,
+    gpa_std: float | None = None,
     density_k: int = 1,
     eval_every: int = 0,
     device: str = "auto",
@@ -264,11 +272,13 @@ def train(
     """
     began = time.perf_counter()
     plan = _plan_from_train_arguments(
-        method, recipe=recipe, dataset=dataset, shots=shots, seed=seed, prompt=prompt, epochs=epochs,
+        method, recipe=recipe, dataset=dataset if dataset is not None else (splits.name if splits else None),
+        shots=shots, seed=seed, prompt=prompt, epochs=epochs,
         batch_size=batch_size, optimizer=optimizer, lr=lr, method_options=method_options, n_ctx=n_ctx,
         class_position=class_position, class_specific=class_specific, rank=rank, dip_init=dip_init,
         dip_dropout=dip_dropout, init_text=init_text, lambda_do=lambda_do, lambda_pp=lambda_pp, id_k=id_k,
-        vision_dip=vision_dip, prompt_depth=prompt_depth, random_init=random_init, workers=workers,
+        vision_dip=vision_dip, prompt_depth=prompt_depth, prograd_lambda=prograd_lambda, gpa_mean=gpa_mean,
+        gpa_std=gpa_std, random_init=random_init, workers=workers,
         density_k=density_k, skip_bad_images=skip_bad_images, views=views, feature_cache=feature_cache,
         eval_every=eval_every)
     prompt_method, prompt_cfg, optim_cfg, train_cfg = plan.method, plan.prompt, plan.optim, plan.train
@@ -354,12 +364,16 @@ def zeroshot(
     splits: DatasetSplits | None = None,
     feature_cache: bool = True,
 ) -> dict:
-    """Zero-shot CLIP with the dataset's template (or ``templates``; ``ensemble`` adds CLIP's 7 templates)."""
+    """Zero-shot CLIP with the dataset's template (or ``templates``). ``ensemble`` alone is CoOp's ensemble
+    baseline (CLIP's 7 templates, plus the dataset's own except on ImageNet); with ``templates`` it adds the 7."""
     backbone = backbone or load_backbone(model, pretrained, device=device)
     splits = splits or load_data(data, dataset, None, 1, subsample)
-    chosen = list(templates) if templates else [splits.template]
-    if ensemble:
-        chosen += [t for t in ENSEMBLE_TEMPLATES if t not in chosen]
+    if ensemble and not templates:  # CoOp's ensemble: the 7 templates (+ the dataset's, except on ImageNet)
+        chosen = ensemble_templates(splits.name, splits.template)
+    else:
+        chosen = list(templates) if templates else [splits.template]
+        if ensemble:
+            chosen += [t for t in ENSEMBLE_TEMPLATES if t not in chosen]
     text_features = zeroshot_text_features(backbone, splits.classnames, chosen)
     name = split if subsample == "all" else subsample
     result = evaluate_items(backbone, text_features, splits.split(split), workers=workers,

@@ -68,14 +68,15 @@ class Backbone:
         return VisionTower(self.model) if is_class_token_vit(self.model.visual) else None
 
     @torch.no_grad()
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """L2-normalised image features in fp32 (the image tower is frozen, so never with grad)."""
+    def encode_images(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """L2-normalised image features in fp32 (the image tower is frozen, so never with grad);
+        ``normalize=False`` gives the projected features before normalisation (DePT's head takes those)."""
         if self.vision is not None:
             features = self.vision(images)
         else:
             with autocast_for(images.device):
                 features = self.model.encode_image(images)
-        return nn.functional.normalize(features.float(), dim=-1)
+        return nn.functional.normalize(features.float(), dim=-1) if normalize else features.float()
 
     def describe(self) -> dict:
         return {

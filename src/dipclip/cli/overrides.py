@@ -82,8 +82,8 @@ def add_override_args(parser: argparse.ArgumentParser, *, protocol_command: bool
     prompt.add_argument("--id-k", type=positive_int, default=None, help="k of both ID levers (default 1)")
     method = parser.add_argument_group("method options")
     method.add_argument("--prograd-lambda", type=non_negative_finite, default=None,
-                        help="ProGrad: weight of the KL term (default: the recipe's, 1.0; 0.8 for Flowers, DTD, "
-                             "EuroSAT at 8-16 shots in fewshot)")
+                        help="ProGrad: the fraction of the conflicting gradient component removed (LOSS.LAMBDA; "
+                             "default: the recipe's, 1.0; 0.8 for Flowers, DTD, EuroSAT at 8-16 shots in fewshot)")
     method.add_argument("--method-option", action="append", type=method_option, default=None, metavar="KEY=VALUE",
                         help="any other option of the method's recipe (repeatable), e.g. kg_weight=8 or gpa_mean=15")
 
