@@ -14,6 +14,8 @@ Every function writes its outputs into ``out`` (when given) and returns the same
 
 from __future__ import annotations
 
+import functools
+import inspect
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -29,6 +31,7 @@ from .density import density_report
 from .engine.distributed import is_main_process
 from .engine.evaluate import evaluate_items, evaluate_model
 from .engine.features import feature_store
+from .engine.locking import output_lock
 from .engine.reproducibility import atomic_write_bytes, atomic_write_json
 from .engine.trainer import TrainConfig, Trainer
 from .errors import DipclipError
@@ -76,11 +79,30 @@ def _write_metrics(out: str | Path | None, metrics: dict) -> None:
         atomic_write_json(Path(out) / METRICS_NAME, metrics)
 
 
+def _one_writer(function):
+    """Run ``function`` holding its ``out`` folder (see :mod:`dipclip.engine.locking`): a second process
+    writing into the same folder is refused. Under ``torchrun`` only rank 0 writes, so only it holds it."""
+    signature = inspect.signature(function)
+
+    @functools.wraps(function)
+    def locked(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        out = bound.arguments.get("out")
+        if out is None or not is_main_process():
+            return function(*args, **kwargs)
+        with output_lock(out):
+            return function(*args, **kwargs)
+
+    return locked
+
+
 def _backbone_for_adapter(adapter_config: dict, model: str | None, pretrained: str | None, device: str) -> Backbone:
     recorded = adapter_config["backbone"]
     return load_backbone(model or recorded.get("model_arg"), pretrained or recorded["pretrained"], device=device)
 
 
+@_one_writer
 def train(
     method: str = "dip",
     *,
@@ -212,6 +234,7 @@ def train(
     return metrics
 
 
+@_one_writer
 def zeroshot(
     *,
     model: str | None = None,
@@ -255,6 +278,7 @@ def zeroshot(
     return metrics
 
 
+@_one_writer
 def evaluate(
     adapter: str | Path,
     *,

@@ -28,6 +28,7 @@ from ..backbones.loading import Backbone, load_backbone
 from ..data.registry import DG_KEYS, TRAINABLE_KEYS, dataset_info
 from ..errors import DipclipError
 from ..methods import method_names
+from .locking import output_lock
 from .reproducibility import atomic_write_bytes, atomic_write_json
 
 PROTOCOLS = ("base2new", "fewshot", "xd", "dg")
@@ -161,6 +162,11 @@ class ProtocolRunner:
         return out
 
     def run(self) -> dict:
+        """Every job not finished yet, then the summary; the protocol folder is held for the whole run."""
+        with output_lock(self.root):
+            return self._run_jobs()
+
+    def _run_jobs(self) -> dict:
         from tqdm.auto import tqdm
 
         jobs = self.jobs()
