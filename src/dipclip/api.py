@@ -155,6 +155,10 @@ def train(
     prompt_method = get_method(method)
     if prompt is not None:
         prompt_method = with_prompt(prompt_method, prompt)
+    optim_cfg = prompt_method.optim_config(optimizer=optimizer, lr=lr)
+    train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, workers=workers, density_k=density_k,
+                            skip_bad_images=skip_bad_images, views=views, feature_cache=feature_cache,
+                            eval_every=eval_every).validate()
     backbone = backbone or load_backbone(model, pretrained, device=device)
     prompt_overrides = dict(n_ctx=n_ctx, class_position=class_position, class_specific=class_specific, rank=rank,
                             dip_init=dip_init, dip_dropout=dip_dropout, init_text=init_text,
@@ -164,10 +168,6 @@ def train(
     if random_init:
         prompt_overrides["init_text"] = ""
     prompt_cfg = prompt_method.prompt_config(**prompt_overrides)
-    optim_cfg = prompt_method.optim_config(optimizer=optimizer, lr=lr)
-    train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, workers=workers, density_k=density_k,
-                            skip_bad_images=skip_bad_images, views=views, feature_cache=feature_cache,
-                            eval_every=eval_every).validate()
     data = resolve_data_root(data, dataset)
     if splits is None:
         splits = load_data(data, dataset, shots, seed, subsample)
