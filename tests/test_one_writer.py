@@ -116,7 +116,7 @@ def test_a_refused_run_leaves_no_empty_folder_and_a_finished_one_no_lock_file(tm
 
     with pytest.raises(DipclipError):
         api.train("coop", model=str(tiny_config_path), data=str(tmp_path / "missing"), dataset="imagefolder",
-                  out=tmp_path / "never", progress=False)
+                  out=tmp_path / "never" / "deeper", progress=False)
     assert not (tmp_path / "never").exists()
     out = tmp_path / "run"
     api.train("coop", model=str(tiny_config_path), data=str(image_tree), dataset="imagefolder", shots=1, epochs=1,

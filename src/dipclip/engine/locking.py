@@ -72,13 +72,13 @@ def _acquire(path: Path, flag: str, folder: Path) -> int | None:
 def output_lock(folder: str | Path, flag: str = "--out") -> Iterator[Path]:
     """Hold ``folder`` (created if missing) for this process; :class:`DipclipError` if another one holds it.
 
-    ``flag`` names the option the folder came from, for the messages. An empty folder this call created is
+    ``flag`` names the option the folder came from, for the messages. Empty folders this call created are
     removed again on exit, so a run refused later (bad data, say) leaves nothing behind.
     """
     folder = Path(folder).expanduser()
     if folder.exists() and not folder.is_dir():
         raise DipclipError(f"{flag} {folder} is a file, not a folder; choose another {flag}")
-    created = not folder.exists()
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # innermost first
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -97,6 +97,8 @@ def output_lock(folder: str | Path, flag: str = "--out") -> Iterator[Path]:
             with contextlib.suppress(OSError):
                 os.unlink(path)
             os.close(fd)
-        if created:
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only succeeds when the run wrote nothing
+        for made in created:  # only succeeds while empty: a run that wrote nothing leaves nothing behind
+            try:
+                made.rmdir()
+            except OSError:
+                break
