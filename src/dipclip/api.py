@@ -8,6 +8,7 @@ Every function writes its outputs into ``out`` (when given) and returns the same
 - ``results``: evaluation name (``test``, ``base``, ``new``, ...) -> ``{"accuracy": percent, "n": images}``;
 - ``history``: per epoch ``epoch``, ``loss``, ``train_accuracy``, ``id_prompt``, ``id_update``, ``lr``, ``images``;
 - ``density``: ID of the final prompt and of its update; ``config``: the full resolved configuration;
+- ``data_warnings``: what the data check found worth knowing (fewer images than ``--shots``, skipped images);
 - ``backbone``: model, pretrained, identity, text width; ``timing``: wall-clock seconds (the only
   non-reproducible part); ``dipclip_version``.
 """
@@ -27,6 +28,7 @@ from . import __version__
 from .adapters import load_adapter, model_from_adapter, save_adapter
 from .backbones.loading import Backbone, load_backbone
 from .data.types import DatasetSplits
+from .data.validate import check_for_evaluation, check_for_training
 from .density import density_report
 from .engine.distributed import is_main_process
 from .engine.evaluate import evaluate_items, evaluate_model
@@ -34,7 +36,7 @@ from .engine.features import feature_store
 from .engine.locking import output_lock
 from .engine.reproducibility import atomic_write_bytes, atomic_write_json
 from .engine.trainer import TrainConfig, Trainer
-from .errors import DipclipError
+from .errors import DipclipError, warn
 from .methods import get_method, with_prompt
 from .methods.zeroshot import ENSEMBLE_TEMPLATES, zeroshot_text_features
 from .paths import cache_root
@@ -72,6 +74,14 @@ def resolve_data_root(data: str | None, dataset: str | None) -> str | None:
     if data is None and dataset in EMBEDDED_DATASETS:
         return str(embedded_data_root())
     return data
+
+
+def _report(data_warnings: list[str]) -> list[str]:
+    """Print each data warning (one line each) and return them for ``metrics.json``."""
+    if is_main_process():
+        for line in data_warnings:
+            warn(line)
+    return data_warnings
 
 
 def _write_metrics(out: str | Path | None, metrics: dict) -> None:
@@ -159,6 +169,15 @@ def train(
     train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, workers=workers, density_k=density_k,
                             skip_bad_images=skip_bad_images, views=views, feature_cache=feature_cache,
                             eval_every=eval_every).validate()
+    data = resolve_data_root(data, dataset)
+    if splits is None:
+        splits = load_data(data, dataset, shots, seed, subsample)
+    new_splits = None
+    if subsample == "base" and data is not None and dataset is not None:
+        new_splits = load_data(data, dataset, None, seed, "new")
+    name = "base" if subsample == "base" else ("new" if subsample == "new" else "test")
+    tests = [(name, splits, subsample != "all")] + ([("new", new_splits, True)] if new_splits is not None else [])
+    data_warnings = _report(check_for_training(splits, tests, shots, skip_bad_images))  # before the model loads
     backbone = backbone or load_backbone(model, pretrained, device=device)
     prompt_overrides = dict(n_ctx=n_ctx, class_position=class_position, class_specific=class_specific, rank=rank,
                             dip_init=dip_init, dip_dropout=dip_dropout, init_text=init_text,
@@ -168,9 +187,6 @@ def train(
     if random_init:
         prompt_overrides["init_text"] = ""
     prompt_cfg = prompt_method.prompt_config(**prompt_overrides)
-    data = resolve_data_root(data, dataset)
-    if splits is None:
-        splits = load_data(data, dataset, shots, seed, subsample)
     out = Path(out)
     prompt_model = prompt_method.build(backbone, splits.classnames, prompt_cfg)
     n_params = prompt_model.num_trainable()
@@ -179,13 +195,9 @@ def train(
         f"{prompt_method.name}: {n_params:,} trainable parameters; {len(splits.classnames)} classes, "
         f"{len(splits.train)} training images; backbone {backbone.name} ({backbone.pretrained}) on {backbone.device}"
     )
-    new_splits = None
-    if subsample == "base" and data is not None and dataset is not None:
-        if prompt_cfg.class_specific:
-            raise DipclipError("a class-specific context cannot be evaluated on the new classes; drop "
-                               "--class-specific or use --subsample all")
-        new_splits = load_data(data, dataset, None, seed, "new")
-    name = "base" if subsample == "base" else ("new" if subsample == "new" else "test")
+    if new_splits is not None and prompt_cfg.class_specific:
+        raise DipclipError("a class-specific context cannot be evaluated on the new classes; drop "
+                           "--class-specific or use --subsample all")
     eval_options = dict(workers=workers, skip_bad_images=skip_bad_images, store=trainer.store)
 
     def evaluate_all(model) -> dict:
@@ -222,6 +234,7 @@ def train(
         "density": density_report(context.merged(), context.initial, density_k),
         "num_classes": len(splits.classnames),
         "num_train_images": len(splits.train),
+        "data_warnings": data_warnings,
         "backbone": backbone.describe(),
         "config": config,
         "timing": {
@@ -254,13 +267,14 @@ def zeroshot(
     feature_cache: bool = True,
 ) -> dict:
     """Zero-shot CLIP with the dataset's template (or ``templates``; ``ensemble`` adds CLIP's 7 templates)."""
-    backbone = backbone or load_backbone(model, pretrained, device=device)
     splits = splits or load_data(data, dataset, None, 1, subsample)
+    name = split if subsample == "all" else subsample
+    data_warnings = _report(check_for_evaluation(splits, split, name, subsample != "all", skip_bad_images))
+    backbone = backbone or load_backbone(model, pretrained, device=device)
     chosen = list(templates) if templates else [splits.template]
     if ensemble:
         chosen += [t for t in ENSEMBLE_TEMPLATES if t not in chosen]
     text_features = zeroshot_text_features(backbone, splits.classnames, chosen)
-    name = split if subsample == "all" else subsample
     result = evaluate_items(backbone, text_features, splits.split(split), workers=workers,
                             skip_bad_images=skip_bad_images, desc=f"zero-shot {name}",
                             store=feature_store(feature_cache))
@@ -270,6 +284,7 @@ def zeroshot(
         "trainable_params": 0,
         "results": {name: result},
         "num_classes": len(splits.classnames),
+        "data_warnings": data_warnings,
         "backbone": backbone.describe(),
         "config": {"data": data, "dataset": dataset, "split": split, "subsample": subsample,
                    "templates": chosen, "model": model, "pretrained": pretrained},
@@ -298,10 +313,11 @@ def evaluate(
 ) -> dict:
     """Accuracy of a trained adapter on a dataset split (the adapter's backbone is rebuilt by default)."""
     loaded = load_adapter(adapter)
-    backbone = backbone or _backbone_for_adapter(loaded.config, model, pretrained, device)
     splits = splits or load_data(data, dataset, None, 1, subsample)
-    prompt_model = model_from_adapter(loaded, backbone, splits.classnames)
     name = split if subsample == "all" else subsample
+    data_warnings = _report(check_for_evaluation(splits, split, name, subsample != "all", skip_bad_images))
+    backbone = backbone or _backbone_for_adapter(loaded.config, model, pretrained, device)
+    prompt_model = model_from_adapter(loaded, backbone, splits.classnames)
     result = evaluate_model(prompt_model, splits.split(split), workers=workers, skip_bad_images=skip_bad_images,
                             desc=f"eval {name}", store=feature_store(feature_cache))
     metrics = {
@@ -310,6 +326,7 @@ def evaluate(
         "trainable_params": prompt_model.num_trainable(),
         "results": {name: result},
         "num_classes": len(splits.classnames),
+        "data_warnings": data_warnings,
         "backbone": backbone.describe(),
         "config": {"adapter": str(adapter), "data": data, "dataset": dataset, "split": split,
                    "subsample": subsample, "prompt": loaded.config["prompt"]},

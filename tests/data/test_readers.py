@@ -200,13 +200,13 @@ def test_csv_single_file_with_split_column(tmp_path):
     (tmp_path / "data.csv").write_text(
         "path,label,classname,split\n"
         "img/a.jpg,0,apple,train\nimg/b.jpg,1,banana,train\nimg/c.jpg,1,banana,val\n"
-        "/abs/d.jpg,2,cherry,test\n"
+        f"{tmp_path}/abs/d.jpg,2,cherry,test\n"
     )
     splits = load_dataset(tmp_path / "data.csv", "csv")
     assert splits.classnames == ["apple", "banana", "cherry"]
     assert [d.path for d in splits.train] == [str(tmp_path / "img" / "a.jpg"), str(tmp_path / "img" / "b.jpg")]
     assert [d.label for d in splits.val] == [1]
-    assert splits.test[0].path == "/abs/d.jpg"
+    assert splits.test[0].path == f"{tmp_path}/abs/d.jpg"  # absolute paths under the CSV's folder are fine
 
 
 def test_csv_folder_without_header_and_classnames_txt(tmp_path):
