@@ -296,11 +296,43 @@ def test_the_cli_refuses_a_named_pipe_in_one_line_exit_2(dataset, tmp_path, tiny
         "file (for a dataset, `dipclip doctor` lists every bad file)"]
 
 
+# ----------------------------------------------------------------------------------------------------
+# No train-test leakage (item 7)
+
+
+def test_a_single_image_tree_is_refused_with_a_pointer_to_make_split(tmp_path):
+    root = tmp_path / "tree"
+    for name in CLASSES:
+        for i in range(3):
+            write_image(root / name / f"{i}.png")
+    with pytest.raises(DipclipError, match=rf"{root} has class folders but no split .* so the same images would "
+                                           rf"be trained and tested on; write a 50/20/30 split with `dipclip data "
+                                           rf"make-split --data {root}`"):
+        api.train("coop", model=str(tmp_path / "none.json"), data=str(root), dataset="imagefolder",
+                  out=tmp_path / "run", progress=False)
+    from dipclip.data.make_split import make_split
+
+    make_split(root)
+    splits = api.load_data(str(root), "imagefolder")
+    train, test = {d.path for d in splits.train}, {d.path for d in splits.test}
+    assert train and test and not train & test
+
+
+def test_a_train_folder_without_test_is_refused(tmp_path):
+    for name in CLASSES:
+        write_image(tmp_path / "tree" / "train" / name / "0.png")
+    with pytest.raises(DipclipError, match="has train/ but no test/ .* nothing to test on"):
+        api.load_data(str(tmp_path / "tree"), "imagefolder")
+
+
 @pytest.mark.parametrize("text, refusal", [
+    ("path,label,classname\na.png,0,cat\nb.png,1,dog\n", r"2 row\(s\) have no split"),
+    ("a.png,0,cat\nb.png,1,dog\n", r"2 row\(s\) have no split"),
+    ("path,label,classname,split\na.png,0,cat,train\nb.png,1,dog,\nc.png,1,dog,test\n", r"1 row\(s\) have no split"),
     ("path,label,classname,split\n../a.png,0,cat,train\nb.png,1,dog,test\n", "path '../a.png' lies outside"),
     ("path,label,classname,split\n/etc/a.png,0,cat,train\nb.png,1,dog,test\n", "path '/etc/a.png' lies outside"),
 ])
-def test_csv_with_paths_outside_is_refused(tmp_path, text, refusal):
+def test_csv_without_a_split_or_with_paths_outside_is_refused(tmp_path, text, refusal):
     (tmp_path / "d.csv").write_text(text)
     with pytest.raises(DipclipError, match=refusal):
         api.load_data(str(tmp_path / "d.csv"), "csv")

@@ -187,13 +187,13 @@ def test_imagefolder_with_split_subfolders(tmp_path, write_img):
     assert splits.image_root == tmp_path
 
 
-def test_imagefolder_single_tree_serves_all_splits(tmp_path, write_img):
+def test_imagefolder_single_tree_without_a_split_is_refused(tmp_path, write_img):
+    # used as train and test at once it would report accuracy on the training images (issue 11, item 7)
     for cls in ("b_class", "a_class"):
         for i in range(2):
             write_img(tmp_path / cls / f"{i}.jpg")
-    splits = load_dataset(tmp_path, "imagefolder")
-    assert splits.classnames == ["a class", "b class"]
-    assert splits.train == splits.val == splits.test and len(splits.test) == 4
+    with pytest.raises(DipclipError, match=rf"no split .* `dipclip data make-split --data {tmp_path}`"):
+        load_dataset(tmp_path, "imagefolder")
 
 
 def test_csv_single_file_with_split_column(tmp_path):

@@ -464,7 +464,13 @@ def _read_imagefolder(info: DatasetInfo, root: Path, problems: list[Problem]) ->
         return DatasetSplits(info.key, classnames, items["train"], items["val"], items["test"], image_root=root,
                              template=info.template)
     split_dirs = {s: root / s for s in SPLITS if (root / s).is_dir()}
-    if "train" in split_dirs and ("val" in split_dirs or "test" in split_dirs):
+    make_split = f"write a 50/20/30 split with `dipclip data make-split --data {root}`"
+    if "train" in split_dirs and not ("val" in split_dirs or "test" in split_dirs):
+        problems.append(Problem(info.key, f"{root} has train/ but no test/ (or val/) folder, so there is nothing "
+                                "to test on", f"add {root}/test/<class>/ images, or {make_split} from one "
+                                "ROOT/<class>/ tree"))
+        return None
+    if "train" in split_dirs:
         folders = sorted(set().union(*(_subdirs(d) for d in split_dirs.values())))
         if not folders:
             problems.append(Problem(info.key, f"{root}/train has no class folders", f"expected {info.expected_layout}"))
@@ -477,23 +483,33 @@ def _read_imagefolder(info: DatasetInfo, root: Path, problems: list[Problem]) ->
         val = items.get("val", []) if "test" in items else []
         return DatasetSplits(info.key, [display_name(f) for f in folders], items["train"], val, test,
                              image_root=root, template=info.template)
-    folders = _subdirs(root)
-    if not folders:
+    if not _subdirs(root):
         problems.append(Problem(info.key, f"{root} has no class folders", f"expected {info.expected_layout}"))
         return None
-    everything = [Datum(p, label, display_name(f)) for label, f in enumerate(folders) for p in list_images(root / f)]
-    # A single tree serves as every split; `dipclip data make-split` writes a proper 50/20/30 split.
-    return DatasetSplits(info.key, [display_name(f) for f in folders], everything, list(everything),
-                         list(everything), image_root=root, template=info.template)
+    # One ROOT/<class>/ tree has no split: used as train and test at once it would test on training images.
+    problems.append(Problem(info.key, f"{root} has class folders but no split ({CUSTOM_SPLIT_FILE}, or train/ and "
+                            "test/ folders), so the same images would be trained and tested on",
+                            f"{make_split} (then pass the same --data), or arrange the images as "
+                            "ROOT/train/<class>/ and ROOT/test/<class>/"))
+    return None
 
 
 def _read_csv(info: DatasetInfo, root: Path, problems: list[Problem]) -> DatasetSplits | None:
     rows: dict[str, list[tuple[str, int, str | None]]] = {s: [] for s in SPLITS}
     if root.is_file():
         base = root.parent
+        unsplit = 0
         for split, row in _csv_rows(root, info.key, problems, with_split=True):
-            for s in (SPLITS if split is None else (split,)):
-                rows[s].append(row)
+            if split is None:
+                unsplit += 1
+                continue
+            rows[split].append(row)
+        if unsplit:
+            problems.append(Problem(info.key, f"{root}: {unsplit} row(s) have no split (train, val or test), so "
+                                    "the same images would be trained and tested on",
+                                    "add a split column (header path,label,classname,split) with a value on every "
+                                    "row, or give a folder with train.csv and test.csv", str(root)))
+            return None
     else:
         base = root
         if not (root / "train.csv").is_file() or not (root / "test.csv").is_file():
