@@ -87,7 +87,7 @@ def test_a_killed_holder_releases_the_folder(holder, tmp_path):
 
 
 def test_a_protocol_folder_in_use_is_refused(holder, tmp_path, image_tree):
-    from dipclip.engine.protocols import ProtocolConfig, ProtocolRunner
+    from dipclip.protocols import ProtocolConfig, ProtocolRunner
 
     holder(tmp_path / "runs" / "base2new")
     config = ProtocolConfig(protocol="base2new", data=str(image_tree), datasets=["imagefolder"], methods=["coop"],
