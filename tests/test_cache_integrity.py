@@ -149,7 +149,7 @@ def test_a_zeroed_entry_gives_the_true_accuracy_not_zero_images(tmp_path, tiny_c
 def test_temporaries_of_killed_writes_are_removed_once_stale(tmp_path, tiny_backbone, test_items):
     root = tmp_path / "features"
     root.mkdir()
-    old, recent = root / ".test-abc.safetensors.x1.tmp", root / ".test-def.safetensors.y2.tmp"
+    old, recent = root / ".test-abc.safetensors.x1y2z3w4.tmp", root / ".test-def.safetensors.a_b2c3d4.tmp"
     for path in (old, recent):
         path.write_bytes(b"half")
     an_hour_ago = time.time() - 3600

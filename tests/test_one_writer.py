@@ -127,12 +127,20 @@ def test_a_refused_run_leaves_no_empty_folder_and_a_finished_one_no_lock_file(tm
 def test_temporaries_of_killed_writes_in_the_folder_are_removed(tmp_path):
     out = tmp_path / "run"
     (out / "adapter").mkdir(parents=True)
-    stale = [out / ".metrics.json.k2j3h4.tmp", out / "adapter" / ".adapter_model.safetensors.x1y2.tmp"]
-    for path in stale:
-        path.write_bytes(b"half a file")
-    keep = out / "notes.tmp"  # not one of ours: no leading dot
-    keep.write_text("mine")
+    stale = [_temporary(out, "metrics.json"), _temporary(out / "adapter", "adapter_model.safetensors")]
+    keep = [out / "notes.tmp", _temporary(out, "notes.txt")]  # not temporaries of a run's files
+    keep[0].write_text("mine")
     with output_lock(out):
         assert not any(path.exists() for path in stale)
-    assert keep.read_text() == "mine"
+    assert all(path.exists() for path in keep)
+
+
+def _temporary(folder: Path, name: str) -> Path:
+    """A temporary as an atomic write of ``name`` leaves it when killed."""
+    import tempfile
+
+    fd, path = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+    os.write(fd, b"half a file")
+    os.close(fd)
+    return Path(path)
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 # A temporary file of an atomic write (``.NAME.XXXX.tmp``) untouched for this long belongs to a write that
 # was killed: writes take seconds, and the file's modification time advances while one is under way.
 STALE_TEMP_SECONDS = 15 * 60
+# ``tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp")``, as every atomic write here names its temporary
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
 
 
 def cache_root() -> Path:
@@ -17,9 +21,11 @@ def cache_root() -> Path:
     return Path(os.environ.get("DIPCLIP_CACHE_DIR") or Path.home() / ".cache" / "dipclip")
 
 
-def remove_stale_temps(folder: str | Path, min_age_seconds: float = STALE_TEMP_SECONDS) -> int:
-    """Remove the atomic-write temporaries (``.*.tmp``, regular files only) in ``folder`` that were last
-    modified at least ``min_age_seconds`` ago; returns how many. A missing folder has none."""
+def remove_stale_temps(folder: str | Path, min_age_seconds: float = STALE_TEMP_SECONDS,
+                       suffixes: Collection[str] | None = None) -> int:
+    """Remove the atomic-write temporaries (``.NAME.XXXXXXXX.tmp``, regular files only) in ``folder`` that
+    were last modified at least ``min_age_seconds`` ago, only those whose NAME ends with one of ``suffixes``
+    when given; returns how many. A missing folder has none."""
     removed = 0
     now = time.time()
     try:
@@ -27,7 +33,8 @@ def remove_stale_temps(folder: str | Path, min_age_seconds: float = STALE_TEMP_S
     except OSError:
         return 0
     for entry in entries:
-        if not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
+        match = _TEMP_NAME.match(entry.name)
+        if match is None or (suffixes is not None and not match["name"].endswith(tuple(suffixes))):
             continue
         try:
             info = entry.stat(follow_symlinks=False)

@@ -96,7 +96,7 @@ def test_a_cache_records_what_it_was_made_for(pets, fx, tmp_path):
 def test_temporaries_of_killed_cache_writes_are_removed_once_stale(pets, fx, tmp_path):
     folder = tmp_path / "oxford_pets"
     folder.mkdir()
-    old, recent = folder / ".shot_2-seed_5-abc.json.q1.tmp", folder / ".shot_4-seed_1-abc.json.q2.tmp"
+    old, recent = folder / ".shot_2-seed_5-abc.json.q1w2e3r4.tmp", folder / ".shot_4-seed_1-abc.json.q2w3e4r5.tmp"
     for path in (old, recent):
         path.write_text("{")
     an_hour_ago = time.time() - 3600

@@ -8,7 +8,7 @@ one; the lock file itself is removed on a clean exit. On systems without ``flock
 systems that refuse it, there is no lock, as before.
 
 While the lock is held nobody else writes into the folder, so temporary files left there by a killed
-atomic write (``.NAME.XXXX.tmp``) are removed.
+atomic write of a run's file (``.metrics.json.XXXXXXXX.tmp``, ...) are removed.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from ..errors import DipclipError
 from ..paths import remove_stale_temps
 
 LOCK_NAME = ".dipclip.lock"
+# what runs write into their folders: only temporaries of such files are removed (``--out`` may be any folder)
+OUTPUT_SUFFIXES = (".json", ".pt", ".safetensors", ".csv", ".md")
 
 
 def _holder(fd: int) -> str:
@@ -90,7 +92,7 @@ def output_lock(folder: str | Path, flag: str = "--out") -> Iterator[Path]:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
             for sub in (folder, *(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink())):
-                remove_stale_temps(sub, min_age_seconds=0)
+                remove_stale_temps(sub, min_age_seconds=0, suffixes=OUTPUT_SUFFIXES)
         yield folder
     finally:
         if fd is not None:
