@@ -44,6 +44,10 @@ def save_adapter(out_dir: str | Path, method: str, model: PromptCLIP, extra: dic
     """Write the adapter folder atomically (each file via a temporary name) and return its path."""
     out = Path(out_dir)
     tensors = {name: t.cpu().contiguous() for name, t in model.learnable_state().items()}
+    bad = _non_finite(tensors)
+    if bad:
+        raise DipclipError(f"refusing to write adapter {out}: learned tensor(s) {', '.join(bad)} hold NaN/inf "
+                           "(the training diverged); lower --lr and train again")
     config = {
         "format": FORMAT,
         "format_version": 1,
@@ -73,9 +77,27 @@ def load_adapter(path: str | Path) -> Adapter:
         config = json.loads(config_file.read_text())
     except json.JSONDecodeError as exc:
         raise DipclipError(f"{config_file} is not valid JSON ({exc.msg}); the adapter is damaged") from None
-    if config.get("format") != FORMAT:
-        raise DipclipError(f"{config_file} is not a dipclip adapter config (format {config.get('format')!r})")
-    return Adapter(config=config, tensors=load_file(str(weights_file)), path=folder)
+    except (ValueError, RecursionError) as exc:  # not UTF-8, or nested too deeply to parse
+        raise DipclipError(f"{config_file} cannot be read as JSON ({type(exc).__name__}); the adapter is "
+                           "damaged") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise DipclipError(f"{config_file} is not a dipclip adapter config (format "
+                           f"{config.get('format') if isinstance(config, dict) else None!r})")
+    try:
+        tensors = load_file(str(weights_file))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for damaged files
+        raise DipclipError(f"cannot read {weights_file} ({type(exc).__name__}: {exc}); the adapter is damaged, "
+                           "train it again") from None
+    bad = _non_finite(tensors)
+    if bad:
+        raise DipclipError(f"{weights_file}: learned tensor(s) {', '.join(bad)} hold NaN/inf, so every "
+                           "prediction would be meaningless; train the adapter again with a lower --lr")
+    return Adapter(config=config, tensors=tensors, path=folder)
+
+
+def _non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity."""
+    return sorted(name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
 
 
 def check_compatible(adapter: Adapter, backbone: Backbone) -> None:

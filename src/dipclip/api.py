@@ -8,12 +8,15 @@ Every function writes its outputs into ``out`` (when given) and returns the same
 - ``results``: evaluation name (``test``, ``base``, ``new``, ...) -> ``{"accuracy": percent, "n": images}``;
 - ``history``: per epoch ``epoch``, ``loss``, ``train_accuracy``, ``id_prompt``, ``id_update``, ``lr``, ``images``;
 - ``density``: ID of the final prompt and of its update; ``config``: the full resolved configuration;
+- ``data_warnings``: what the data check found worth knowing (fewer images than ``--shots``, skipped images);
 - ``backbone``: model, pretrained, identity, text width; ``timing``: wall-clock seconds (the only
   non-reproducible part); ``dipclip_version``.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -25,13 +28,15 @@ from . import __version__
 from .adapters import load_adapter, model_from_adapter, save_adapter
 from .backbones.loading import Backbone, load_backbone
 from .data.types import DatasetSplits
+from .data.validate import check_for_evaluation, check_for_training
 from .density import density_report
 from .engine.distributed import is_main_process
 from .engine.evaluate import evaluate_items, evaluate_model
 from .engine.features import feature_store
+from .engine.locking import output_lock
 from .engine.reproducibility import atomic_write_bytes, atomic_write_json
 from .engine.trainer import TrainConfig, Trainer
-from .errors import DipclipError
+from .errors import DipclipError, warn
 from .methods import OptimConfig, PromptConfig, PromptMethod, get_method, with_prompt
 from .methods.base import METHOD_SETTINGS
 from .methods.zeroshot import ENSEMBLE_TEMPLATES, ensemble_templates, zeroshot_text_features
@@ -89,9 +94,35 @@ def resolve_data_root(data: str | None, dataset: str | None) -> str | None:
     return data
 
 
+def _report(data_warnings: list[str]) -> list[str]:
+    """Print each data warning (one line each) and return them for ``metrics.json``."""
+    if is_main_process():
+        for line in data_warnings:
+            warn(line)
+    return data_warnings
+
+
 def _write_metrics(out: str | Path | None, metrics: dict) -> None:
     if out is not None and is_main_process():
         atomic_write_json(Path(out) / METRICS_NAME, metrics)
+
+
+def _one_writer(function):
+    """Run ``function`` holding its ``out`` folder (see :mod:`dipclip.engine.locking`): a second process
+    writing into the same folder is refused. Under ``torchrun`` only rank 0 writes, so only it holds it."""
+    signature = inspect.signature(function)
+
+    @functools.wraps(function)
+    def locked(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        out = bound.arguments.get("out")
+        if out is None or not is_main_process():
+            return function(*args, **kwargs)
+        with output_lock(out):
+            return function(*args, **kwargs)
+
+    return locked
 
 
 def _backbone_for_adapter(adapter_config: dict, model: str | None, pretrained: str | None, device: str) -> Backbone:
@@ -213,6 +244,7 @@ def train_config(method: str = "dip", *, recipe: str = "base2new", model: str | 
                        pretrained=pretrained, device=device)
 
 
+@_one_writer
 def train(
     method: str = "dip",
     *,
@@ -282,10 +314,19 @@ def train(
         density_k=density_k, skip_bad_images=skip_bad_images, views=views, feature_cache=feature_cache,
         eval_every=eval_every)
     prompt_method, prompt_cfg, optim_cfg, train_cfg = plan.method, plan.prompt, plan.optim, plan.train
-    backbone = backbone or load_backbone(model, pretrained, device=device)
     data = resolve_data_root(data, dataset)
     if splits is None:
         splits = load_data(data, dataset, shots, seed, subsample)
+    new_splits = None
+    if subsample == "base" and data is not None and dataset is not None:
+        new_splits = load_data(data, dataset, None, seed, "new")
+    if new_splits is not None and prompt_cfg.class_specific:
+        raise DipclipError("a class-specific context cannot be evaluated on the new classes; drop "
+                           "--class-specific or use --subsample all")
+    name = "base" if subsample == "base" else ("new" if subsample == "new" else "test")
+    tests = [(name, splits, subsample != "all")] + ([("new", new_splits, True)] if new_splits is not None else [])
+    data_warnings = _report(check_for_training(splits, tests, shots, skip_bad_images))  # before the model loads
+    backbone = backbone or load_backbone(model, pretrained, device=device)
     out = Path(out)
     prompt_model = prompt_method.build(backbone, splits.classnames, prompt_cfg)
     n_params = prompt_model.num_trainable()
@@ -294,13 +335,6 @@ def train(
         f"{prompt_method.name}: {n_params:,} trainable parameters; {len(splits.classnames)} classes, "
         f"{len(splits.train)} training images; backbone {backbone.name} ({backbone.pretrained}) on {backbone.device}"
     )
-    new_splits = None
-    if subsample == "base" and data is not None and dataset is not None:
-        if prompt_cfg.class_specific:
-            raise DipclipError("a class-specific context cannot be evaluated on the new classes; drop "
-                               "--class-specific or use --subsample all")
-        new_splits = load_data(data, dataset, None, seed, "new")
-    name = "base" if subsample == "base" else ("new" if subsample == "new" else "test")
     eval_options = dict(workers=workers, skip_bad_images=skip_bad_images, store=trainer.store)
 
     def evaluate_all(model) -> dict:
@@ -333,6 +367,7 @@ def train(
         "density": density_report(context.merged(), context.initial, density_k),
         "num_classes": len(splits.classnames),
         "num_train_images": len(splits.train),
+        "data_warnings": data_warnings,
         "data_identity": split_identity(splits),
         "backbone": backbone.describe(),
         "config": config,
@@ -346,6 +381,7 @@ def train(
     return metrics
 
 
+@_one_writer
 def zeroshot(
     *,
     model: str | None = None,
@@ -366,8 +402,10 @@ def zeroshot(
 ) -> dict:
     """Zero-shot CLIP with the dataset's template (or ``templates``). ``ensemble`` alone is CoOp's ensemble
     baseline (CLIP's 7 templates, plus the dataset's own except on ImageNet); with ``templates`` it adds the 7."""
-    backbone = backbone or load_backbone(model, pretrained, device=device)
     splits = splits or load_data(data, dataset, None, 1, subsample)
+    name = split if subsample == "all" else subsample
+    data_warnings = _report(check_for_evaluation(splits, split, name, subsample != "all", skip_bad_images))
+    backbone = backbone or load_backbone(model, pretrained, device=device)
     if ensemble and not templates:  # CoOp's ensemble: the 7 templates (+ the dataset's, except on ImageNet)
         chosen = ensemble_templates(splits.name, splits.template)
     else:
@@ -375,7 +413,6 @@ def zeroshot(
         if ensemble:
             chosen += [t for t in ENSEMBLE_TEMPLATES if t not in chosen]
     text_features = zeroshot_text_features(backbone, splits.classnames, chosen)
-    name = split if subsample == "all" else subsample
     result = evaluate_items(backbone, text_features, splits.split(split), workers=workers,
                             skip_bad_images=skip_bad_images, desc=f"zero-shot {name}",
                             store=feature_store(feature_cache))
@@ -385,6 +422,7 @@ def zeroshot(
         "trainable_params": 0,
         "results": {name: result},
         "num_classes": len(splits.classnames),
+        "data_warnings": data_warnings,
         "backbone": backbone.describe(),
         "config": {"data": data, "dataset": dataset, "split": split, "subsample": subsample,
                    "templates": chosen, "model": model, "pretrained": pretrained},
@@ -393,6 +431,7 @@ def zeroshot(
     return metrics
 
 
+@_one_writer
 def evaluate(
     adapter: str | Path,
     *,
@@ -412,10 +451,11 @@ def evaluate(
 ) -> dict:
     """Accuracy of a trained adapter on a dataset split (the adapter's backbone is rebuilt by default)."""
     loaded = load_adapter(adapter)
-    backbone = backbone or _backbone_for_adapter(loaded.config, model, pretrained, device)
     splits = splits or load_data(data, dataset, None, 1, subsample)
-    prompt_model = model_from_adapter(loaded, backbone, splits.classnames)
     name = split if subsample == "all" else subsample
+    data_warnings = _report(check_for_evaluation(splits, split, name, subsample != "all", skip_bad_images))
+    backbone = backbone or _backbone_for_adapter(loaded.config, model, pretrained, device)
+    prompt_model = model_from_adapter(loaded, backbone, splits.classnames)
     result = evaluate_model(prompt_model, splits.split(split), workers=workers, skip_bad_images=skip_bad_images,
                             desc=f"eval {name}", store=feature_store(feature_cache))
     metrics = {
@@ -424,6 +464,7 @@ def evaluate(
         "trainable_params": prompt_model.num_trainable(),
         "results": {name: result},
         "num_classes": len(splits.classnames),
+        "data_warnings": data_warnings,
         "backbone": backbone.describe(),
         "config": {"adapter": str(adapter), "data": data, "dataset": dataset, "split": split,
                    "subsample": subsample, "prompt": loaded.config["prompt"]},

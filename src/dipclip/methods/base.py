@@ -21,6 +21,7 @@ from .templates import template_for
 PARAMETERIZATIONS = ("full", "dip")
 # the numbers of a method's own loss (a recipe's ``method`` section, ``--method-option KEY=VALUE``)
 METHOD_SETTINGS = ("kg_weight", "prograd_lambda", "gpa_mean", "gpa_std")
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass(frozen=True)
@@ -242,6 +243,26 @@ class OptimConfig:
     weight_decay: float = 5e-4
     warmup_epochs: int = 1
     warmup_lr: float = 1e-5
+
+    def __post_init__(self) -> None:
+        """Refuse what can only give non-finite or meaningless training (``--lr inf``, ``--lr -1``, ...)."""
+        def positive(value: object, what: str) -> None:
+            # above float32's largest number the optimizer's update itself overflows
+            if (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+                    or not 0 < value < FLOAT32_MAX):
+                raise DipclipError(f"{what} must be a finite number > 0, got {value!r}; e.g. --lr 0.002")
+
+        def non_negative(value: object, what: str) -> None:
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise DipclipError(f"{what} must be a finite number >= 0, got {value!r}")
+
+        positive(self.lr, "--lr")
+        non_negative(self.weight_decay, "the weight decay")
+        non_negative(self.momentum, "the momentum")
+        if isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
+            raise DipclipError(f"the warm-up epochs must be a whole number >= 0, got {self.warmup_epochs!r}")
+        if self.warmup_epochs:
+            positive(self.warmup_lr, "the warm-up lr")
 
 
 class PromptMethod:
