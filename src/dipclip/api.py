@@ -85,7 +85,7 @@ def train(
     method: str = "dip",
     *,
     model: str | None = None,
-    pretrained: str = "none",
+    pretrained: str | None = None,
     data: str | None = None,
     dataset: str | None = None,
     shots: int | None = 16,
@@ -215,7 +215,7 @@ def train(
 def zeroshot(
     *,
     model: str | None = None,
-    pretrained: str = "none",
+    pretrained: str | None = None,
     data: str | None = None,
     dataset: str | None = None,
     split: str = "test",
@@ -346,7 +346,7 @@ def predict(
         config = load_adapter(adapter).config
         backbone = backbone or _backbone_for_adapter(config, model, pretrained, device)
     else:
-        backbone = backbone or load_backbone(model, pretrained or "none", device=device)
+        backbone = backbone or load_backbone(model, pretrained, device=device)
     logits_of, method_name, takes_images = _classifier(adapter, backbone, classnames, template)
     transform = test_transform(backbone.image_size, backbone.mean, backbone.std)
     batch = torch.stack([transform(load_rgb(str(path))) for path in images]).to(backbone.device)

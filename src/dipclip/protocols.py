@@ -59,7 +59,7 @@ class ProtocolConfig:
     shots: Sequence[int] = (16,)
     out: str | Path = "runs"
     model: str | None = None
-    pretrained: str = "none"
+    pretrained: str | None = None  # required by load_backbone; "none" for random weights
     device: str = "auto"
     epochs: int | None = None  # None: the published schedule
     train_options: dict = field(default_factory=dict)  # passed to api.train (lr, batch_size, rank, ...)

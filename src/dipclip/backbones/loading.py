@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import socket
+import sys
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
@@ -111,9 +112,10 @@ def resolve_device(device: str | None) -> torch.device:
 
 def load_backbone(
     model: str | None = None,
-    pretrained: str | None = "none",
+    pretrained: str | None = None,
     device: str | torch.device | None = "cpu",
     cache_dir: str | None = None,
+    announce: bool = True,
 ) -> Backbone:
     """Build a frozen CLIP.
 
@@ -122,11 +124,18 @@ def load_backbone(
       architecture read from the tensors, so ``model`` may be omitted), or an open_clip checkpoint for
       the given ``model``;
     - ``model`` a path to an open_clip model config JSON (``{"embed_dim", "vision_cfg", "text_cfg"}``);
-    - ``pretrained="none"``: random weights (seeded, identical at every load);
+    - ``pretrained="none"``: random weights (seeded, identical at every load); never the default, because
+      a model that silently has random weights gives numbers that look like results;
     - ``pretrained`` the name of an embedded dipclip model (see :mod:`dipclip.backbones.embedded`).
+
+    ``announce`` prints one ``weights: ...`` line to stderr, so every run says what it runs on.
     """
     torch_device = device if isinstance(device, torch.device) else resolve_device(device)
-    pretrained = pretrained or "none"
+    if pretrained is None:
+        raise DipclipError(_missing_weights_message(model))
+    if embedded.is_embedded(pretrained) and model is not None:
+        raise DipclipError(f"--pretrained {pretrained} is dipclip's own model with its own architecture; "
+                           f"drop --model {model}, or give weights for {model} with --pretrained TAG|FILE")
     if embedded.is_embedded(pretrained):
         clip_model, tokenizer, identity, name = embedded.load_embedded(pretrained)
     elif _looks_like_file(pretrained):
@@ -148,10 +157,29 @@ def load_backbone(
     mean = tuple(getattr(visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073))
     std = tuple(getattr(visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711))
     text = TextTower(clip_model).to(torch_device)
-    return Backbone(
+    backbone = Backbone(
         model=clip_model, text=text, tokenizer=tokenizer, name=name, pretrained=pretrained,
         identity=identity, image_size=image_size, mean=mean, std=std, model_arg=model,
     )
+    if announce and os.environ.get("RANK", "0") == "0":
+        print(weights_line(backbone), file=sys.stderr, flush=True)
+    return backbone
+
+
+def _missing_weights_message(model: str | None) -> str:
+    if model is not None:
+        return (f"--model {model} without --pretrained would run on random weights; give the weights "
+                "(--pretrained openai, or a weights file), or pass `--pretrained none` for random weights")
+    return ("no backbone given; pass --pretrained dipclip-tiny (the shipped small CLIP), --model ViT-B-16 "
+            "--pretrained openai, or --pretrained FILE (an OpenAI .pt or open_clip checkpoint)")
+
+
+def weights_line(backbone: Backbone) -> str:
+    """The one line every run prints about its weights (random ones say so loudly)."""
+    if backbone.pretrained == "none":
+        return (f"weights: RANDOM (--pretrained none) for {backbone.name}: results are those of an untrained "
+                f"CLIP [{backbone.identity}]")
+    return f"weights: {backbone.pretrained} for {backbone.name} [{backbone.identity}]"
 
 
 def _looks_like_file(pretrained: str) -> bool:

@@ -18,7 +18,7 @@ def add_commands(sub) -> None:
     density.add_argument("adapter", help="adapter folder")
     density.add_argument("--k", type=positive_int, default=None, help="only this k (default: every k)")
     density.add_argument("--energy", action="store_true", help="energy form (squared singular values)")
-    backbone_args(density, required_default=None)
+    backbone_args(density, adapter="")
     out_arg(density, None)
     density.set_defaults(func=cmd_density)
 
@@ -35,7 +35,7 @@ def add_commands(sub) -> None:
     export.add_argument("--classes", type=classnames_arg, default=None, help="comma-separated class names")
     export.add_argument("--data", default=None, metavar="ROOT", help="take the classes from this dataset")
     export.add_argument("--dataset", default=None, metavar="KEY", help="dataset key for --data")
-    backbone_args(export, required_default=None)
+    backbone_args(export, adapter="")
     out_arg(export, "export")
     export.set_defaults(func=cmd_export)
 

@@ -8,10 +8,10 @@ FORMATTER = argparse.RawDescriptionHelpFormatter
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse, but a bad option is one line that points at --help instead of a usage dump."""
+    """argparse, but a bad option is one ``dipclip: error:`` line that points at --help, not a usage dump."""
 
     def error(self, message: str):  # noqa: D401 - argparse API
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+        self.exit(2, f"dipclip: error: {message} (see `{self.prog} --help`)\n")
 
 
 def int_at_least(minimum: int):
@@ -59,15 +59,18 @@ def classnames_arg(text: str) -> list[str]:
     return names
 
 
-def backbone_args(parser: argparse.ArgumentParser, required_default: str | None = "none") -> None:
+def backbone_args(parser: argparse.ArgumentParser, adapter: str | None = None) -> None:
+    """--model/--pretrained/--device. There is no default weight: random weights only with ``--pretrained none``.
+
+    ``adapter``: when the command reads an adapter, says when its recorded backbone is the default."""
     group = parser.add_argument_group("backbone")
     group.add_argument("--model", default=None, metavar="NAME|CONFIG.json",
                        help="open_clip model name (ViT-B-16) or an open_clip config JSON; optional with an OpenAI .pt")
-    group.add_argument("--pretrained", default=required_default, metavar="TAG|FILE",
+    group.add_argument("--pretrained", default=None, metavar="TAG|FILE",
                        help="open_clip tag (openai), a weights file (~/.cache/clip/ViT-B-16.pt), an embedded "
                             "model (dipclip-tiny) or 'none' for random weights" +
-                            (f" (default: {required_default})" if required_default else
-                             " (default: the adapter's own)"))
+                            (f" (default: the adapter's own{adapter})" if adapter is not None else
+                             " (required: no default, so random weights are never used by accident)"))
     group.add_argument("--device", default="auto", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:N, mps")
 
 

@@ -21,7 +21,8 @@ def add_commands(subparsers) -> None:
                "  dipclip demo --model ViT-B-16 --pretrained openai --data ~/data --dataset oxford_pets --epochs 50\n",
     )
     demo.add_argument("--model", default=None, metavar="NAME|CONFIG.json")
-    demo.add_argument("--pretrained", default="dipclip-tiny", metavar="TAG|FILE", help="default: dipclip-tiny")
+    demo.add_argument("--pretrained", default=None, metavar="TAG|FILE",
+                      help="default: dipclip-tiny without --model; with --model required ('none': random)")
     demo.add_argument("--data", default=None, metavar="ROOT", help="default: the shipped demo data")
     demo.add_argument("--dataset", default="demo", metavar="KEY", help="default: demo")
     demo.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="default: 1 2 3")

@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dipclip.cli.encode", description=main.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None)
-    parser.add_argument("--pretrained", default="none")
+    parser.add_argument("--pretrained", default=None, help="required; 'none' for random weights")
     parser.add_argument("--data", default=None)
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))

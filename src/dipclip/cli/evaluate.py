@@ -16,7 +16,7 @@ def add_commands(sub) -> None:
                "  dipclip eval --adapter runs/in-dip/adapter --data ~/data --dataset imagenet_sketch --out runs/sketch\n",
     )
     evaluate.add_argument("--adapter", required=True, metavar="DIR", help="adapter folder (OUT/adapter of train)")
-    backbone_args(evaluate, required_default=None)
+    backbone_args(evaluate, adapter="")
     data_args(evaluate)
     evaluate.add_argument("--split", default="test", choices=("train", "val", "test"), help="default: test")
     out_arg(evaluate, None)
@@ -51,7 +51,7 @@ def add_commands(sub) -> None:
     predict.add_argument("--adapter", default=None, metavar="DIR", help="adapter folder (default: zero-shot)")
     predict.add_argument("--template", default="a photo of a {}.", help="zero-shot template")
     predict.add_argument("--top-k", type=positive_int, default=5, help="classes per image (default 5)")
-    backbone_args(predict, required_default=None)
+    backbone_args(predict, adapter=" with --adapter")
     predict.add_argument("--data", default=None, metavar="ROOT", help="take the classes from this dataset")
     predict.add_argument("--dataset", default=None, metavar="KEY", help="dataset key for --data")
     out_arg(predict, None)

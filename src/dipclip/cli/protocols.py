@@ -50,7 +50,8 @@ def add_commands(subparsers) -> None:
         parser.add_argument("--lr", type=float, default=None)
         parser.add_argument("--workers", type=non_negative_int, default=0)
         parser.add_argument("--model", default=None, metavar="NAME|CONFIG.json")
-        parser.add_argument("--pretrained", default="none", metavar="TAG|FILE")
+        parser.add_argument("--pretrained", default=None, metavar="TAG|FILE",
+                            help="open_clip tag, weights file, dipclip-tiny, or 'none' for random weights (required)")
         parser.add_argument("--device", default="auto")
         parser.add_argument("--out", default="runs", metavar="DIR", help="default: runs")
         parser.add_argument("--quiet", action="store_true", help="no progress bars")
