@@ -85,6 +85,21 @@ def image_tree(tmp_path_factory) -> Path:
     return make_image_tree(tmp_path_factory.mktemp("imagefolder"), {"train": 6, "test": 4})
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory):
+    """Module- and session-scoped fixtures run before the per-test isolation below: their caches go to a
+    session folder too, never to ~/.cache/dipclip (which other checkouts' test runs may fill)."""
+    import os
+
+    saved = os.environ.get("DIPCLIP_CACHE_DIR")
+    os.environ["DIPCLIP_CACHE_DIR"] = str(tmp_path_factory.mktemp("session-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("DIPCLIP_CACHE_DIR", None)
+    else:
+        os.environ["DIPCLIP_CACHE_DIR"] = saved
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     """Few-shot and feature caches go to a per-test folder, never to the user's home."""

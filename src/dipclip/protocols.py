@@ -166,7 +166,7 @@ class ProtocolRunner:
         jobs = self.jobs()
         done = 0
         for index, (kind, dataset, shots, method, seed) in enumerate(tqdm(jobs, desc=self.config.protocol,
-                                                                           disable=not self.config.progress)):
+                                                                           disable=None if self.config.progress else True)):
             folder = self.run_dir(dataset, shots, method, seed)
             label = f"[{index + 1}/{len(jobs)}] {self.config.protocol} {dataset} {shots}-shot {method} seed {seed}"
             if self._finished(folder) is not None:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import DipclipError
+from ..files import read_json, read_safetensors
 from . import embedded
 from .build import build_from_config, file_sha256
 from .precision import autocast_for
@@ -45,6 +46,8 @@ class Backbone:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     model_arg: str | None = None  # what the user passed as --model, so an adapter can rebuild its backbone
+    model_config: dict | None = None  # the config JSON's content, so it rebuilds without that file
+    weights_file: str | None = None  # the absolute path of a --pretrained weights file
 
     @property
     def device(self) -> torch.device:
@@ -87,6 +90,8 @@ class Backbone:
             "text_width": self.text.width,
             "embed_dim": self.text.output_dim,
             "image_size": self.image_size,
+            **({"model_config": self.model_config} if self.model_config is not None else {}),
+            **({"weights_file": self.weights_file} if self.weights_file is not None else {}),
         }
 
 
@@ -116,6 +121,7 @@ def load_backbone(
     device: str | torch.device | None = "cpu",
     cache_dir: str | None = None,
     announce: bool = True,
+    model_config: dict | None = None,
 ) -> Backbone:
     """Build a frozen CLIP.
 
@@ -129,6 +135,8 @@ def load_backbone(
     - ``pretrained`` the name of an embedded dipclip model (see :mod:`dipclip.backbones.embedded`).
 
     ``announce`` prints one ``weights: ...`` line to stderr, so every run says what it runs on.
+    ``model_config``: the content of the config JSON ``model`` names (an adapter records it), used instead
+    of reading that file, so an adapter evaluates from any folder.
     """
     torch_device = device if isinstance(device, torch.device) else resolve_device(device)
     if pretrained is None:
@@ -139,13 +147,13 @@ def load_backbone(
     if embedded.is_embedded(pretrained):
         clip_model, tokenizer, identity, name = embedded.load_embedded(pretrained)
     elif _looks_like_file(pretrained):
-        clip_model, tokenizer, identity, name = _from_weights_file(model, pretrained)
+        clip_model, tokenizer, identity, name = _from_weights_file(model, pretrained, model_config)
     elif model is None:
         raise DipclipError(
             "--model is required unless --pretrained is a weights file; e.g. --model ViT-B-16 --pretrained openai"
         )
-    elif model.endswith(".json"):
-        clip_model, tokenizer, identity, name = _from_config_file(model, pretrained)
+    elif model_config is not None or model.endswith(".json"):
+        clip_model, tokenizer, identity, name = _from_config_file(model, pretrained, model_config)
     else:
         clip_model, tokenizer, identity, name = _from_open_clip_name(model, pretrained, cache_dir)
 
@@ -160,6 +168,8 @@ def load_backbone(
     backbone = Backbone(
         model=clip_model, text=text, tokenizer=tokenizer, name=name, pretrained=pretrained,
         identity=identity, image_size=image_size, mean=mean, std=std, model_arg=model,
+        model_config=model_config if model_config is not None else _config_of(model),
+        weights_file=os.path.abspath(os.path.expanduser(pretrained)) if _is_file(pretrained) else None,
     )
     if announce and os.environ.get("RANK", "0") == "0":
         print(weights_line(backbone), file=sys.stderr, flush=True)
@@ -199,17 +209,31 @@ def _tokenizer_for_config(model_cfg: dict):
     return open_clip.tokenizer.SimpleTokenizer(context_length=text_cfg.get("context_length", 77))
 
 
-def _from_config_file(path: str, pretrained: str):
+def _is_file(path: str | None) -> bool:
+    return bool(path) and os.path.isfile(os.path.expanduser(path))
+
+
+def _config_of(model: str | None) -> dict | None:
+    """The model config of a config-file ``model`` (already read once, so it is valid), else None."""
+    return read_model_config(model) if model is not None and model.endswith(".json") else None
+
+
+def read_model_config(path: str) -> dict:
+    """The open_clip model config in a JSON file (a plain config or an ``open_clip_config.json``)."""
     config_path = Path(path).expanduser()
-    if not config_path.is_file():
+    if not os.path.lexists(config_path):
         raise DipclipError(f"model config not found: {path}; give an open_clip config JSON or a model name")
-    try:
-        raw = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DipclipError(f"model config {path} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    raw = read_json(config_path, "model config", "give an open_clip model config JSON (embed_dim, vision_cfg, "
+                    "text_cfg)")
     model_cfg = raw.get("model_cfg", raw)  # accept both plain configs and open_clip_config.json files
-    if not {"embed_dim", "vision_cfg", "text_cfg"} <= set(model_cfg):
+    if not isinstance(model_cfg, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= set(model_cfg) or not all(
+            isinstance(model_cfg[key], dict) for key in ("vision_cfg", "text_cfg")):
         raise DipclipError(f"model config {path} needs embed_dim, vision_cfg and text_cfg (open_clip format)")
+    return model_cfg
+
+
+def _from_config_file(path: str, pretrained: str, model_cfg: dict | None = None):
+    model_cfg = model_cfg if model_cfg is not None else read_model_config(path)
     if pretrained != "none":
         raise DipclipError(
             f"--pretrained {pretrained!r} is neither 'none' nor an existing weights file (with a config JSON as "
@@ -218,10 +242,10 @@ def _from_config_file(path: str, pretrained: str):
     model = build_from_config(model_cfg)
     canonical = json.dumps(model_cfg, sort_keys=True).encode()
     identity = f"config-sha256:{hashlib.sha256(canonical).hexdigest()[:16]}/none"
-    return model, _tokenizer_for_config(model_cfg), identity, config_path.stem
+    return model, _tokenizer_for_config(model_cfg), identity, Path(path).stem
 
 
-def _from_weights_file(model: str | None, pretrained: str):
+def _from_weights_file(model: str | None, pretrained: str, model_cfg: dict | None = None):
     import open_clip
     from open_clip.model import build_model_from_openai_state_dict
 
@@ -241,9 +265,8 @@ def _from_weights_file(model: str | None, pretrained: str):
         name = model or f"openai:{Path(path).stem}"
         ctx = clip_model.positional_embedding.shape[0]
         return clip_model, open_clip.tokenizer.SimpleTokenizer(context_length=ctx), identity, name
-    if model.endswith(".json"):
-        raw = json.loads(Path(model).read_text())
-        model_cfg = raw.get("model_cfg", raw)
+    if model_cfg is not None or model.endswith(".json"):
+        model_cfg = model_cfg if model_cfg is not None else read_model_config(model)
         clip_model = build_from_config(model_cfg)
         state = _read_state_dict(path)
         try:
@@ -294,9 +317,7 @@ def _is_openai_file(path: str) -> bool:
 
 def _read_state_dict(path: str) -> dict:
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
+        return read_safetensors(path, "weights file", "check the file given to --pretrained")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import FORMATTER, non_negative_int, positive_int
+from .common import FORMATTER, non_negative_int, out_dir, path_arg, positive_float, positive_int
 
 DESCRIPTIONS = {
     "base2new": ("train on the base half of the classes, test on base and new",
@@ -35,7 +35,7 @@ def add_commands(subparsers) -> None:
                    f"--datasets {'imagenet_a imagenet_r' if protocol == 'dg' else 'dtd eurosat'} "
                    "--methods coop dip --seeds 1 2 3 --out runs\n",
         )
-        parser.add_argument("--data", required=True, metavar="ROOT", help="folder holding the dataset folders")
+        parser.add_argument("--data", type=path_arg, required=True, metavar="ROOT", help="folder holding the dataset folders")
         parser.add_argument("--datasets", nargs="+", default=["all"], metavar="KEY",
                             help="dataset keys, or 'all' for the protocol's published list (default)" +
                                  ("; these are the targets, the source is imagenet" if protocol in ("xd", "dg") else ""))
@@ -47,13 +47,13 @@ def add_commands(subparsers) -> None:
         parser.add_argument("--epochs", type=positive_int, default=None, help="override the published schedule")
         parser.add_argument("--batch-size", type=positive_int, default=None, help="default 32")
         parser.add_argument("--optimizer", choices=("sgd", "adamw"), default=None)
-        parser.add_argument("--lr", type=float, default=None)
+        parser.add_argument("--lr", type=positive_float, default=None)
         parser.add_argument("--workers", type=non_negative_int, default=0)
-        parser.add_argument("--model", default=None, metavar="NAME|CONFIG.json")
-        parser.add_argument("--pretrained", default=None, metavar="TAG|FILE",
+        parser.add_argument("--model", type=path_arg, default=None, metavar="NAME|CONFIG.json")
+        parser.add_argument("--pretrained", type=path_arg, default=None, metavar="TAG|FILE",
                             help="open_clip tag, weights file, dipclip-tiny, or 'none' for random weights (required)")
         parser.add_argument("--device", default="auto")
-        parser.add_argument("--out", default="runs", metavar="DIR", help="default: runs")
+        parser.add_argument("--out", type=out_dir, default="runs", metavar="DIR", help="default: runs")
         parser.add_argument("--quiet", action="store_true", help="no progress bars")
         parser.set_defaults(func=cmd_protocol, protocol=protocol)
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from .common import (
     FORMATTER,
+    METHOD_NAMES,
     backbone_args,
     data_args,
+    finite_float,
     non_negative_int,
     out_arg,
+    positive_float,
     positive_int,
     probability,
     views_arg,
@@ -16,8 +19,6 @@ from .common import (
 
 def add_commands(sub) -> None:
     """Add ``train`` to the CLI's subparsers."""
-    from ..methods import method_names
-
     train = sub.add_parser(
         "train", formatter_class=FORMATTER, help="learn a prompt on a few-shot dataset, save its adapter",
         description="Learn a prompt (CoOp or DIP) on K images per class, save the adapter to OUT/adapter,\n"
@@ -31,8 +32,8 @@ def add_commands(sub) -> None:
                "      --epochs 50 --optimizer adamw --lr 1e-3 --out runs/dtd-coop\n"
                "  dipclip train ... --out runs/dtd-coop --resume      # continue an interrupted run\n",
     )
-    train.add_argument("--method", default="dip", choices=method_names(), metavar="METHOD",
-                       help=f"one of {', '.join(method_names())} (default: dip); NAME+dip = NAME with DIP's prompt")
+    train.add_argument("--method", default="dip", choices=METHOD_NAMES, metavar="METHOD",
+                       help=f"one of {', '.join(METHOD_NAMES)} (default: dip); NAME+dip = NAME with DIP's prompt")
     backbone_args(train)
     data_args(train)
     run = train.add_argument_group("training")
@@ -41,7 +42,7 @@ def add_commands(sub) -> None:
     run.add_argument("--epochs", type=positive_int, default=10, help="epochs (default 10)")
     run.add_argument("--batch-size", type=positive_int, default=32, help="batch size (default 32)")
     run.add_argument("--optimizer", choices=("sgd", "adamw"), default=None, help="default: the method's (sgd)")
-    run.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the method's, 0.002)")
+    run.add_argument("--lr", type=positive_float, default=None, help="peak learning rate (default: the method's, 0.002)")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     run.add_argument("--eval-every", type=non_negative_int, default=0, metavar="E",
                      help="also evaluate (base and new with --subsample base) every E epochs, into the history "
@@ -69,9 +70,9 @@ def add_commands(sub) -> None:
     prompt.add_argument("--prompt-depth", type=positive_int, default=None,
                         help="MaPLe/PromptSRC: layers with learned prompts, clipped to the towers' depth (default 9)")
     prompt.add_argument("--density-k", type=positive_int, default=1, help="k of the ID_k logged per epoch")
-    prompt.add_argument("--lambda-do", type=float, default=None,
+    prompt.add_argument("--lambda-do", type=finite_float, default=None,
                         help="Direct Optimisation: subtract lambda * ID_k(P) from the loss (default 0, off)")
-    prompt.add_argument("--lambda-pp", type=float, default=None,
+    prompt.add_argument("--lambda-pp", type=finite_float, default=None,
                         help="Positional Penalty on the tail singular values of P (default 0, off)")
     prompt.add_argument("--id-k", type=positive_int, default=None, help="k of both ID levers (default 1)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
