@@ -503,3 +503,52 @@ def test_no_traceback_in_a_real_process(trained, tmp_path):
     result = _python("-m", "dipclip", "train", "--lr", "-1", "--data", "x", "--dataset", "imagefolder")
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
+
+# ---- item 8: words the shipped small model does not know ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_clip():
+    from dipclip.backbones.loading import load_backbone
+
+    return load_backbone(None, "dipclip-tiny", device="cpu", announce=False)
+
+
+def _warnings(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("dipclip: warning:")]
+
+
+def test_unknown_class_words_are_named_once(capsys):
+    from dipclip.api import embedded_data_root
+
+    image = sorted((embedded_data_root() / "demo" / "images" / "bird").iterdir())[0]
+    code, out, err = run(["predict", image, "--classes", "quokka,bird,narwhal", "--pretrained", "dipclip-tiny",
+                          "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert _warnings(err) == [_warnings(err)[0]]
+    line = _warnings(err)[0]
+    assert "dipclip-tiny does not know the word(s) 'quokka', 'narwhal'" in line and "'bird'" not in line
+
+
+def test_unknown_template_words_are_named(capsys):
+    code, out, err = run(["zeroshot", "--pretrained", "dipclip-tiny", "--dataset", "demo", "--device", "cpu",
+                          "--template", "an axolotl photo of a {}."], capsys)
+    assert code == 0, err
+    assert len(_warnings(err)) == 1 and "does not know the word(s) 'axolotl'" in _warnings(err)[0]
+    assert "test:" in out  # a warning, not a refusal
+
+
+def test_prompt_models_warn_once_per_word(tiny_clip, capsys):
+    from dipclip.methods import get_method
+
+    method = get_method("coop")
+    config = method.prompt_config()
+    method.build(tiny_clip, ["bird", "quokka"], config)
+    first = _warnings(capsys.readouterr().err)
+    method.build(tiny_clip, ["quokka", "cat"], config)  # the same unknown word again: no second warning
+    assert len(first) == 1 and "'quokka'" in first[0] and _warnings(capsys.readouterr().err) == []
+    assert tiny_clip.unknown_words(["X X X X bird.", "a photo of a cat."]) == []
+
+
+def test_a_full_vocabulary_never_warns(tiny_backbone, capsys):
+    tiny_backbone.tokenize(["a photo of a quokka."])
+    assert tiny_backbone.unknown_words(["quokka"]) == [] and _warnings(capsys.readouterr().err) == []

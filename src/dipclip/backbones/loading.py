@@ -13,7 +13,7 @@ import os
 import socket
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,8 @@ class Backbone:
     model_arg: str | None = None  # what the user passed as --model, so an adapter can rebuild its backbone
     model_config: dict | None = None  # the config JSON's content, so it rebuilds without that file
     weights_file: str | None = None  # the absolute path of a --pretrained weights file
+    known_tokens: frozenset[int] | None = None  # a pruned vocabulary (dipclip-tiny); None: the full one
+    _warned_words: set[str] = field(default_factory=set, repr=False)
 
     @property
     def device(self) -> torch.device:
@@ -63,7 +65,34 @@ class Backbone:
         return self
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
+        if self.known_tokens is not None:
+            self._warn_unknown_words(texts)
         return self.tokenizer(texts).to(self.device)
+
+    def unknown_words(self, texts: list[str]) -> list[str]:
+        """Words of ``texts`` with a token outside :attr:`known_tokens` (they would embed as zero vectors)."""
+        if self.known_tokens is None:
+            return []
+        found: list[str] = []
+        for text in texts:
+            for word in text.split():
+                if any(token not in self.known_tokens for token in self.tokenizer.encode(word)):
+                    shown = word.strip(".,;:!?\"'()[]{}").lower() or word
+                    if shown not in found:
+                        found.append(shown)
+        return found
+
+    def _warn_unknown_words(self, texts: list[str]) -> None:
+        """One line per new set of unknown words: silently zero-embedded class names give wrong numbers."""
+        new = [word for word in self.unknown_words(texts) if word not in self._warned_words]
+        if not new:
+            return
+        self._warned_words.update(new)
+        shown = ", ".join(repr(word) for word in new[:12]) + (f" and {len(new) - 12} more" if len(new) > 12 else "")
+        if os.environ.get("RANK", "0") == "0":
+            print(f"dipclip: warning: {self.name} does not know the word(s) {shown} (in class names or templates): "
+                  "they embed as zero vectors and carry no meaning; use words it knows, or a full CLIP such as "
+                  "--model ViT-B-16 --pretrained openai", file=sys.stderr, flush=True)
 
     @cached_property
     def vision(self) -> VisionTower | None:
@@ -170,6 +199,7 @@ def load_backbone(
         identity=identity, image_size=image_size, mean=mean, std=std, model_arg=model,
         model_config=model_config if model_config is not None else _config_of(model),
         weights_file=os.path.abspath(os.path.expanduser(pretrained)) if _is_file(pretrained) else None,
+        known_tokens=embedded.embedded_vocabulary(pretrained) if embedded.is_embedded(pretrained) else None,
     )
     if announce and os.environ.get("RANK", "0") == "0":
         print(weights_line(backbone), file=sys.stderr, flush=True)
