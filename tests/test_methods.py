@@ -24,7 +24,7 @@ def test_direct_optimisation_and_positional_penalty_values(tiny_backbone):
 
 
 def test_direct_optimisation_raises_density_during_training(tmp_path, tiny_config_path, image_tree):
-    common = dict(model=str(tiny_config_path), data=str(image_tree), dataset="imagefolder", shots=4, epochs=3,
+    common = dict(model=str(tiny_config_path), pretrained="none", data=str(image_tree), dataset="imagefolder", shots=4, epochs=3,
                   batch_size=4, progress=False, lr=0.01)
     plain = api.train("coop", out=tmp_path / "plain", **common)
     pushed = api.train("coop", out=tmp_path / "do", lambda_do=5.0, **common)
@@ -92,7 +92,7 @@ def test_every_method_trains_evaluates_and_round_trips(tmp_path, tiny_config_pat
     assert {name.partition("+")[0] for name in EXPECTED_TINY} == set(METHODS)
     for method, count in EXPECTED_TINY.items():
         out = tmp_path / method
-        metrics = api.train(method, model=str(tiny_config_path), data=str(image_tree), dataset="imagefolder",
+        metrics = api.train(method, model=str(tiny_config_path), pretrained="none", data=str(image_tree), dataset="imagefolder",
                             shots=2, epochs=2, batch_size=3, progress=False, out=out, subsample="base")
         assert metrics["trainable_params"] == count and metrics["method"] == method
         assert set(metrics["results"]) == {"base", "new"}

@@ -174,7 +174,7 @@ def test_promptsrc_loss_terms(deep_backbone):
 
 def test_maple_trains_evaluates_round_trips_and_resumes(tmp_path, deep_config_path, deep_backbone, image_tree,
                                                         kill_after_first_epoch):
-    common = dict(model=str(deep_config_path), data=str(image_tree), dataset="imagefolder", shots=2, epochs=2,
+    common = dict(model=str(deep_config_path), pretrained="none", data=str(image_tree), dataset="imagefolder", shots=2, epochs=2,
                   batch_size=3, progress=False, subsample="base")
     for method in ("maple", "maple+dip"):
         out = tmp_path / method
@@ -198,8 +198,8 @@ def test_promptsrc_trains_aggregates_and_resumes(tmp_path, deep_config_path, dee
                                                  kill_after_first_epoch):
     from safetensors.torch import load_file
 
-    common = dict(model=str(deep_config_path), data=str(image_tree), dataset="imagefolder", shots=2, epochs=2,
-                  batch_size=3, progress=False, subsample="base",
+    common = dict(model=str(deep_config_path), pretrained="none", data=str(image_tree), dataset="imagefolder",
+                  shots=2, epochs=2, batch_size=3, progress=False, subsample="base",
                   gpa_mean=1.5, gpa_std=1.0)  # equal weights on the 2 epochs (the recipe: 15 and 1 for 20 epochs)
     for method in ("promptsrc", "promptsrc+dip"):
         metrics = api.train(method, out=tmp_path / method, **common)
@@ -222,7 +222,7 @@ def test_cli_prompt_depth_predict_and_export(tmp_path, deep_config_path, image_t
     from dipclip.cli import main
 
     out = tmp_path / "run"
-    code = main(["train", "--method", "maple", "--model", str(deep_config_path), "--device", "cpu",
+    code = main(["train", "--method", "maple", "--model", str(deep_config_path), "--pretrained", "none", "--device", "cpu",
                  "--data", str(image_tree), "--dataset", "imagefolder", "--shots", "1", "--epochs", "1",
                  "--batch-size", "3", "--prompt-depth", "2", "--quiet", "--out", str(out)])
     metrics = json.loads((out / "metrics.json").read_text())

@@ -131,4 +131,4 @@ def test_bad_override_flags_are_one_line_errors(flag, value, capsys):
         main(["train", "--dataset", "demo", flag, value, "--dry-run"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("dipclip train: error:") and "\n" not in err
+    assert err.startswith("dipclip: error:") and "\n" not in err

@@ -126,8 +126,14 @@ def _one_writer(function):
 
 
 def _backbone_for_adapter(adapter_config: dict, model: str | None, pretrained: str | None, device: str) -> Backbone:
+    """The backbone an adapter was trained on, from what it recorded (the config's content and the weights
+    file's absolute path, so this works from any folder), unless --model/--pretrained say otherwise."""
     recorded = adapter_config["backbone"]
-    return load_backbone(model or recorded.get("model_arg"), pretrained or recorded["pretrained"], device=device)
+    if pretrained is None:
+        weights_file = recorded.get("weights_file")
+        pretrained = weights_file if weights_file and Path(weights_file).is_file() else recorded["pretrained"]
+    model_config = recorded.get("model_config") if model is None else None
+    return load_backbone(model or recorded.get("model_arg"), pretrained, device=device, model_config=model_config)
 
 
 @dataclass
@@ -249,7 +255,7 @@ def train(
     method: str = "dip",
     *,
     model: str | None = None,
-    pretrained: str = "none",
+    pretrained: str | None = None,
     data: str | None = None,
     dataset: str | None = None,
     shots: int | None = 16,
@@ -385,7 +391,7 @@ def train(
 def zeroshot(
     *,
     model: str | None = None,
-    pretrained: str = "none",
+    pretrained: str | None = None,
     data: str | None = None,
     dataset: str | None = None,
     split: str = "test",
@@ -493,6 +499,11 @@ def _classifier(adapter: str | Path | None, backbone: Backbone, classnames: list
     return (lambda features: backbone.logit_scale * features @ text_features.t()), loaded.method, False
 
 
+def _trained_classnames(adapter_config: dict) -> list[str]:
+    """The classes an adapter was trained on (recorded since train_classnames was added), else []."""
+    return list(adapter_config.get("train_classnames") or adapter_config.get("classnames") or [])
+
+
 def predict(
     images: Sequence[str],
     *,
@@ -518,14 +529,15 @@ def predict(
         raise DipclipError(f"--top-k must be >= 1, got {top_k}")
     if classnames is None and dataset is not None:
         classnames = load_data(data, dataset).classnames
+    config = load_adapter(adapter).config if adapter is not None else {}
+    classnames = classnames or _trained_classnames(config)  # an adapter's own classes by default
     if not classnames:
         raise DipclipError("no class names given; pass --classes a,b,c or --data ROOT --dataset KEY")
     classnames = list(classnames)
     if adapter is not None:
-        config = load_adapter(adapter).config
         backbone = backbone or _backbone_for_adapter(config, model, pretrained, device)
     else:
-        backbone = backbone or load_backbone(model, pretrained or "none", device=device)
+        backbone = backbone or load_backbone(model, pretrained, device=device)
     logits_of, method_name, takes_images = _classifier(adapter, backbone, classnames, template)
     transform = test_transform(backbone.image_size, backbone.mean, backbone.std)
     batch = torch.stack([transform(load_rgb(str(path))) for path in images]).to(backbone.device)
@@ -608,7 +620,7 @@ def export(
     loaded = load_adapter(adapter)
     if classnames is None and dataset is not None:
         classnames = load_data(data, dataset).classnames
-    classnames = list(classnames or loaded.config.get("classnames") or [])
+    classnames = list(classnames or _trained_classnames(loaded.config))
     if not classnames:
         raise DipclipError("no class names given; pass --classes a,b,c or --data ROOT --dataset KEY")
     backbone = backbone or _backbone_for_adapter(loaded.config, model, pretrained, device)

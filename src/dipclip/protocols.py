@@ -57,7 +57,7 @@ class ProtocolConfig:
     shots: Sequence[int] = (16,)
     out: str | Path = "runs"
     model: str | None = None
-    pretrained: str = "none"
+    pretrained: str | None = None  # required by load_backbone; "none" for random weights
     device: str = "auto"
     epochs: int | None = None  # None: each method's recipe for the protocol
     train_options: dict = field(default_factory=dict)  # overrides passed to api.train (lr, batch_size, rank, ...)
@@ -231,7 +231,7 @@ class ProtocolRunner:
         jobs = self.jobs()
         done = 0
         for index, (kind, dataset, shots, method, seed) in enumerate(tqdm(jobs, desc=self.config.protocol,
-                                                                           disable=not self.config.progress)):
+                                                                           disable=None if self.config.progress else True)):
             folder = self.run_dir(dataset, shots, method, seed)
             label = f"[{index + 1}/{len(jobs)}] {self.config.protocol} {dataset} {shots}-shot {method} seed {seed}"
             finished = self._finished(folder)

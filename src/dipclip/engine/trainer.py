@@ -166,7 +166,16 @@ class Trainer:
         }
 
     def _restore(self, fingerprint: str, payload: dict) -> tuple[int, list[dict]]:
-        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - truncated, not a torch file, or an unsafe pickle
+            raise DipclipError(
+                f"checkpoint {self.checkpoint_path} is damaged ({type(exc).__name__}); drop --resume and use another "
+                "--out to start over"
+            ) from None
+        if not isinstance(state, dict):
+            raise DipclipError(f"checkpoint {self.checkpoint_path} does not hold a dipclip checkpoint; drop --resume "
+                               "and use another --out to start over")
         if state.get("fingerprint") != fingerprint:
             held = state.get("settings")
             differing = _differences(json.loads(held), payload) if isinstance(held, str) else []
@@ -225,8 +234,9 @@ class Trainer:
             total_loss, correct, seen, began = 0.0, 0, 0, time.perf_counter()
             batches = source.batches(epoch, generator)
             self.model.train()
-            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not self.progress,
-                       dynamic_ncols=True)
+            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True,
+                       total=max(1, len(items) // cfg.batch_size),  # epoch_index_batches drops a partial last
+                       disable=None if self.progress else True)  # None: only on a terminal
             for inputs, labels in bar:  # image features, or images for an image-prompted model
                 inputs, labels = inputs.to(device), labels.to(device)
                 if self.world > 1:  # this rank's slice of the global batch; gradients averaged in step()
