@@ -48,33 +48,39 @@ def _block(prefix: str, width: int, layers: int, draw) -> dict[str, torch.Tensor
     return state
 
 
-def openai_state_dict() -> dict[str, torch.Tensor]:
+# MaPLe's trainer hard-codes ViT-B/16's widths (text 512, vision 768) for its prompts and projections, so
+# MaPLe runs on a wider variant of the same testbed (text 512 / 8 heads, vision 768 / 12 heads).
+WIDE = {"width": 512, "vision_width": 768}
+
+
+def openai_state_dict(width: int = WIDTH, vision_width: int = WIDTH) -> dict[str, torch.Tensor]:
     """A ViT CLIP state dict with OpenAI's key names (loads in OpenAI's ``clip.build_model`` and in
     open_clip's ``load_openai_model``); identical at every call."""
-    generator = torch.Generator().manual_seed(SEED)
+    generator = torch.Generator().manual_seed(SEED + (0 if (width, vision_width) == (WIDTH, WIDTH) else 7))
 
     def draw(shape, std):
         return (torch.randn(shape, generator=generator) * std).half().float()
 
     grid = IMAGE_SIZE // PATCH
+    w, v = width, vision_width
     state = {
-        "positional_embedding": draw((CONTEXT, WIDTH), 0.01),
-        "text_projection": draw((WIDTH, EMBED_DIM), WIDTH ** -0.5),
+        "positional_embedding": draw((CONTEXT, w), 0.01),
+        "text_projection": draw((w, EMBED_DIM), w ** -0.5),
         "logit_scale": torch.tensor(math.log(1 / 0.07)).half().float(),
-        "token_embedding.weight": draw((VOCAB, WIDTH), 0.02),
-        "ln_final.weight": 1 + draw((WIDTH,), 0.1),
-        "ln_final.bias": draw((WIDTH,), 0.02),
-        "visual.class_embedding": draw((WIDTH,), WIDTH ** -0.5),
-        "visual.positional_embedding": draw((grid * grid + 1, WIDTH), WIDTH ** -0.5),
-        "visual.proj": draw((WIDTH, EMBED_DIM), WIDTH ** -0.5),
-        "visual.conv1.weight": draw((WIDTH, 3, PATCH, PATCH), 0.02),
-        "visual.ln_pre.weight": 1 + draw((WIDTH,), 0.1),
-        "visual.ln_pre.bias": draw((WIDTH,), 0.02),
-        "visual.ln_post.weight": 1 + draw((WIDTH,), 0.1),
-        "visual.ln_post.bias": draw((WIDTH,), 0.02),
+        "token_embedding.weight": draw((VOCAB, w), 0.02),
+        "ln_final.weight": 1 + draw((w,), 0.1),
+        "ln_final.bias": draw((w,), 0.02),
+        "visual.class_embedding": draw((v,), v ** -0.5),
+        "visual.positional_embedding": draw((grid * grid + 1, v), v ** -0.5),
+        "visual.proj": draw((v, EMBED_DIM), v ** -0.5),
+        "visual.conv1.weight": draw((v, 3, PATCH, PATCH), 0.02),
+        "visual.ln_pre.weight": 1 + draw((v,), 0.1),
+        "visual.ln_pre.bias": draw((v,), 0.02),
+        "visual.ln_post.weight": 1 + draw((v,), 0.1),
+        "visual.ln_post.bias": draw((v,), 0.02),
     }
-    state |= _block("transformer", WIDTH, LAYERS, draw)
-    state |= _block("visual.transformer", WIDTH, LAYERS, draw)
+    state |= _block("transformer", w, LAYERS, draw)
+    state |= _block("visual.transformer", v, LAYERS, draw)
     return {k: v.half().float() for k, v in state.items()}
 
 
@@ -101,3 +107,11 @@ def inputs() -> tuple[torch.Tensor, torch.Tensor]:
 def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
     images, labels = inputs()
     return [(images[i:i + BATCH], labels[i:i + BATCH]) for i in range(0, len(labels), BATCH)]
+
+
+def init_draw(key: str, shape: tuple[int, ...], std: float = 0.02) -> torch.Tensor:
+    """A fixed N(0, std) tensor named ``key``: where an official random init is too large to ship (MaPLe's
+    512 -> 768 projections), both sides start from this instead (the official init's structure, e.g.
+    identical copies, is recorded separately)."""
+    generator = torch.Generator().manual_seed(SEED + 2 + int(hashlib.sha256(key.encode()).hexdigest()[:8], 16))
+    return torch.randn(shape, generator=generator) * std
