@@ -220,6 +220,16 @@ def lr_tables(trainer_cfg, module_or_groups_fn, epochs: list[int], build=None) -
     return tables
 
 
+def optim_record(cfg) -> dict:
+    """The optimiser and schedule settings of a config (what 4 steps cannot show, e.g. weight decay)."""
+    o = cfg.OPTIM
+    return {"name": o.NAME, "lr": o.LR, "momentum": o.MOMENTUM, "weight_decay": o.WEIGHT_DECAY,
+            "dampening": o.SGD_DAMPNING, "nesterov": o.SGD_NESTEROV, "scheduler": o.LR_SCHEDULER,
+            "max_epoch": o.MAX_EPOCH, "warmup_epoch": o.WARMUP_EPOCH, "warmup_type": o.WARMUP_TYPE,
+            "warmup_cons_lr": o.WARMUP_CONS_LR, "warmup_recount": o.WARMUP_RECOUNT,
+            "batch_size": cfg.DATALOADER.TRAIN_X.BATCH_SIZE}
+
+
 def summarise_run(run: dict, init_file: dict, full_values: int = FULL_VALUES) -> dict:
     """Records of the learned tensors (init, final, update) and of every step. Tensors up to ``full_values``
     numbers are stored in full (0: summaries only, for a method whose every random init both sides rebuild);
@@ -298,6 +308,7 @@ def run_coop() -> dict:
         run = train(trainer)
         case_init: dict = {}
         entry |= summarise_run(run, case_init)
+        entry["optim"] = optim_record(cfg)
         init_file |= {f"{case}/{k}": v for k, v in case_init.items()}
         if case == "csc_rand4":  # what a class-specific random init looks like (independent draws per class?)
             ctx = run["init"]["prompt_learner.ctx"]
@@ -327,6 +338,7 @@ def run_cocoop() -> dict:
              "batch_size": cfg.DATALOADER.TRAIN_X.BATCH_SIZE}
     init_file: dict = {}
     entry |= summarise_run(train(trainer), init_file)
+    entry["optim"] = optim_record(cfg)
     entry["lr_by_epoch"] = lr_tables(cfg, lambda: (torch.nn.Linear(2, 2), None), [10, cfg.OPTIM.MAX_EPOCH])
     return {"cases": {"c4_ctxv1": entry}, "_init_file": {f"c4_ctxv1/{k}": v for k, v in init_file.items()}}
 
@@ -351,6 +363,7 @@ def run_kgcoop() -> dict:
                  "anchor_features": record(trainer.model.ori_embedding),
                  "max_epoch": cfg.OPTIM.MAX_EPOCH, "lr": cfg.OPTIM.LR, "batch_size": cfg.DATALOADER.TRAIN_X.BATCH_SIZE}
         entry |= summarise_run(train(trainer), {})
+        entry["optim"] = optim_record(cfg)
         entry["lr_by_epoch"] = lr_tables(cfg, lambda: (torch.nn.Linear(2, 2), None), [10, cfg.OPTIM.MAX_EPOCH])
         out["cases"][dataset] = entry
     return out
@@ -385,6 +398,7 @@ def run_prograd() -> dict:
                  "max_epoch": cfg.OPTIM.MAX_EPOCH, "lr": cfg.OPTIM.LR, "batch_size": cfg.DATALOADER.TRAIN_X.BATCH_SIZE}
         cosines: list[list[float]] = []
         entry |= summarise_run(train(trainer, recording_cosines(trainer, cosines)), {})
+        entry["optim"] = optim_record(cfg)
         entry["conflict_cosine"] = cosines  # per step: cos(CE grad, KL grad) of each tensor, as the code tests it
         entry["lr_by_epoch"] = lr_tables(cfg, lambda: (torch.nn.Linear(2, 2), None), [10, cfg.OPTIM.MAX_EPOCH])
         out["cases"][case] = entry
@@ -455,9 +469,10 @@ def run_maple() -> dict:
              "official_init": structure, "init_overrides": {k: v[0] for k, v in overrides.items()}}
     init_file: dict = {}
     entry |= summarise_run(train(trainer), init_file, full_values=0)
+    entry["optim"] = optim_record(cfg)
     entry["lr_by_epoch"] = lr_tables(cfg, lambda: (torch.nn.Linear(2, 2), None), [10, cfg.OPTIM.MAX_EPOCH])
     b2n = base_cfg(extend, "configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml", [])
-    base_to_new = {"max_epoch": b2n.OPTIM.MAX_EPOCH, "lr": b2n.OPTIM.LR, "batch_size": b2n.DATALOADER.TRAIN_X.BATCH_SIZE,
+    base_to_new = {"optim": optim_record(b2n), "max_epoch": b2n.OPTIM.MAX_EPOCH, "lr": b2n.OPTIM.LR, "batch_size": b2n.DATALOADER.TRAIN_X.BATCH_SIZE,
                    "depth": b2n.TRAINER.MAPLE.PROMPT_DEPTH, "n_ctx": b2n.TRAINER.MAPLE.N_CTX,
                    "lr_by_epoch": lr_tables(b2n, lambda: (torch.nn.Linear(2, 2), None), [10, b2n.OPTIM.MAX_EPOCH])}
     return {"cases": {"cross_datasets": entry, "base_to_new": base_to_new},
@@ -487,6 +502,7 @@ def run_promptsrc() -> dict:
              "text_loss_weight": cfg.TRAINER.PROMPTSRC.TEXT_LOSS_WEIGHT,
              "image_loss_weight": cfg.TRAINER.PROMPTSRC.IMAGE_LOSS_WEIGHT}
     entry |= summarise_run(train(trainer), {})
+    entry["optim"] = optim_record(cfg)
     entry["gpa_loaded"] = trainer.step_counter == trainer.model.total_epochs + 1
     configs = {}
     for name in ("vit_b16_c2_ep20_batch4_4+4ctx", "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets",
@@ -495,7 +511,7 @@ def run_promptsrc() -> dict:
         t = c.TRAINER.PROMPTSRC
         gauss = trainer.get_gauss(t.GPA_MEAN, t.GPA_STD)
         weights = [gauss(a) for a in range(1, c.OPTIM.MAX_EPOCH + 1)]
-        configs[name] = {"max_epoch": c.OPTIM.MAX_EPOCH, "lr": c.OPTIM.LR, "batch_size": c.DATALOADER.TRAIN_X.BATCH_SIZE,
+        configs[name] = {"optim": optim_record(c), "max_epoch": c.OPTIM.MAX_EPOCH, "lr": c.OPTIM.LR, "batch_size": c.DATALOADER.TRAIN_X.BATCH_SIZE,
                          "gpa_mean": t.GPA_MEAN, "gpa_std": t.GPA_STD, "depth_text": t.PROMPT_DEPTH_TEXT,
                          "depth_vision": t.PROMPT_DEPTH_VISION, "n_ctx_text": t.N_CTX_TEXT, "n_ctx_vision": t.N_CTX_VISION,
                          "gpa_weights": [float(w / sum(weights)) for w in weights],
@@ -537,6 +553,7 @@ def run_dept() -> dict:
             continue
         case_init: dict = {}
         entry |= summarise_run(train(trainer), case_init)
+        entry["optim"] = optim_record(cfg)
         init_file |= {f"{case}/{k}": v for k, v in case_init.items()}
 
         def staged(model=model):
