@@ -14,7 +14,7 @@ from dipclip.methods import get_method
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_config_path, image_tree):
     out = tmp_path_factory.mktemp("adapter-run")
-    api.train("dip", model=str(tiny_config_path), data=str(image_tree), dataset="imagefolder", shots=4, epochs=2,
+    api.train("dip", model=str(tiny_config_path), pretrained="none", data=str(image_tree), dataset="imagefolder", shots=4, epochs=2,
               batch_size=4, progress=False, out=out)
     return out
 

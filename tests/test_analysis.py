@@ -63,13 +63,13 @@ def test_fewshot_curves_and_plot_command(summaries, tmp_path, capsys):
 def test_eval_every_and_analyze_on_a_real_run(tmp_path, tiny_config_path, image_tree, capsys):
     from dipclip import api
 
-    metrics = api.train("dip", model=str(tiny_config_path), data=str(image_tree), dataset="imagefolder", shots=4,
+    metrics = api.train("dip", model=str(tiny_config_path), pretrained="none", data=str(image_tree), dataset="imagefolder", shots=4,
                         epochs=4, batch_size=4, progress=False, subsample="base", eval_every=1, out=tmp_path / "run",
                         lr=0.05)
     evals = [h["eval"] for h in metrics["history"]]
     assert len(evals) == 4 and all(set(e) == {"base", "new"} for e in evals)
     assert evals[-1] == {k: v["accuracy"] for k, v in metrics["results"].items()}
-    plain = api.train("dip", model=str(tiny_config_path), data=str(image_tree), dataset="imagefolder", shots=4,
+    plain = api.train("dip", model=str(tiny_config_path), pretrained="none", data=str(image_tree), dataset="imagefolder", shots=4,
                       epochs=4, batch_size=4, progress=False, subsample="base", out=tmp_path / "plain", lr=0.05)
     assert [{k: v for k, v in h.items() if k != "eval"} for h in metrics["history"]] == plain["history"]
 

@@ -22,7 +22,7 @@ def run_cli(argv, capsys):
 
 
 def test_cli_train_eval_predict_density_export(tmp_path, tiny_config_path, image_tree, capsys):
-    model = ["--model", tiny_config_path, "--device", "cpu"]
+    model = ["--model", tiny_config_path, "--pretrained", "none", "--device", "cpu"]
     data = ["--data", image_tree, "--dataset", "imagefolder"]
     code, out, _ = run_cli(["train", "--method", "coop", *model, *data, "--shots", "2", "--epochs", "1",
                             "--batch-size", "3", "--quiet", "--out", tmp_path / "run"], capsys)
@@ -72,20 +72,23 @@ def test_bad_input_files_are_one_line_errors(tmp_path, tiny_config_path, image_t
     not_an_image = tmp_path / "notes.txt"
     not_an_image.write_text("hello")
     cases = [
-        (["train", "--model", tiny_config_path, "--data", tmp_path / "missing", "--dataset", "imagefolder",
+        (["train", "--model", tiny_config_path, "--pretrained", "none", "--data", tmp_path / "missing", "--dataset", "imagefolder",
           "--out", tmp_path / "r"], "does not exist"),
-        (["predict", not_an_image, "--classes", "cat,dog", "--model", tiny_config_path], "cannot decode image"),
-        (["predict", tmp_path / "nope.png", "--classes", "cat,dog", "--model", tiny_config_path], "image not found"),
+        (["predict", not_an_image, "--classes", "cat,dog", "--model", tiny_config_path, "--pretrained", "none"], "cannot decode image"),
+        (["predict", tmp_path / "nope.png", "--classes", "cat,dog", "--model", tiny_config_path, "--pretrained", "none"], "image not found"),
         (["eval", "--adapter", tmp_path, "--data", image_tree, "--dataset", "imagefolder"], "not an adapter folder"),
-        (["train", "--pretrained", tmp_path / "ViT-B-16.pt", "--data", image_tree, "--dataset", "imagefolder"],
-         "weights file not found"),
-        (["train", "--model", tiny_config_path, "--data", image_tree, "--dataset", "imagefolder",
+        (["train", "--pretrained", tmp_path / "ViT-B-16.pt", "--data", image_tree, "--dataset", "imagefolder",
+          "--shots", "2", "--out", tmp_path / "r1"], "weights file not found"),
+        (["train", "--model", tiny_config_path, "--pretrained", "none", "--data", image_tree, "--dataset", "imagefolder",
+          "--shots", "2",
           "--init-text", "a photo of a", "--n-ctx", "3", "--out", tmp_path / "r2"], "has 4 tokens but n_ctx is 3"),
     ]
     for argv, expected in cases:
         code, _, err = run_cli(argv, capsys)
         assert code == 2, argv
-        assert err.startswith("dipclip: error:") and expected in err and err.count("\n") == 1, err
+        *before, line = err.rstrip("\n").split("\n")
+        assert line.startswith("dipclip: error:") and expected in line, err
+        assert all(other.startswith("weights: ") for other in before), err  # at most the weights line before
 
 
 def test_parser_lists_every_command():

@@ -28,7 +28,7 @@ def _worker(rank: int, world: int, port: int, config: str, data: str, out: str) 
 
     init_from_environment()
     try:
-        api.train("maple", model=config, data=data, out=out, **COMMON)
+        api.train("maple", model=config, pretrained="none", data=data, out=out, **COMMON)
     finally:
         torch.distributed.destroy_process_group()
 
@@ -37,7 +37,7 @@ def test_two_processes_train_like_one(tmp_path, tiny_config_path, image_tree):
     from dipclip import api
 
     torch.set_num_threads(1)
-    single = api.train("maple", model=str(tiny_config_path), data=str(image_tree), out=tmp_path / "one", **COMMON)
+    single = api.train("maple", model=str(tiny_config_path), pretrained="none", data=str(image_tree), out=tmp_path / "one", **COMMON)
     mp.spawn(_worker, args=(2, _free_port(), str(tiny_config_path), str(image_tree), str(tmp_path / "two")),
              nprocs=2, join=True)
     double = json.loads((tmp_path / "two" / "metrics.json").read_text())

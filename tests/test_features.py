@@ -143,7 +143,7 @@ def test_parse_views():
 
 
 def test_cached_views_give_the_fresh_metrics_when_fed_the_same_views(tmp_path, tiny_config_path, image_tree):
-    kwargs = dict(model=str(tiny_config_path), data=str(image_tree), **COMMON)
+    kwargs = dict(model=str(tiny_config_path), pretrained="none", data=str(image_tree), **COMMON)
     fresh = api.train("dip", out=tmp_path / "fresh", **kwargs)
     cached = api.train("dip", out=tmp_path / "cached", views=3, **kwargs)  # 3 views = 3 epochs: the same views
     uncached = api.train("dip", out=tmp_path / "uncached", views=3, feature_cache=False, **kwargs)
@@ -184,7 +184,7 @@ def test_test_features_are_shared_across_methods_and_seeds(tmp_path, tiny_config
         return original(backbone, dataset, *args, **kwargs)
 
     monkeypatch.setattr(features_module, "encode_dataset", counting)
-    kwargs = dict(model=str(tiny_config_path), data=str(image_tree), subsample="base", views=2, **COMMON)
+    kwargs = dict(model=str(tiny_config_path), pretrained="none", data=str(image_tree), subsample="base", views=2, **COMMON)
     api.train("coop", out=tmp_path / "coop", **kwargs)
     assert sorted(calls) == ["test", "test", "view0", "view1"]  # base and new test splits, two views
     calls.clear()
@@ -195,7 +195,7 @@ def test_test_features_are_shared_across_methods_and_seeds(tmp_path, tiny_config
 
 
 def test_cached_views_resume_exactly(tmp_path, tiny_config_path, image_tree, kill_after_first_epoch):
-    kwargs = dict(model=str(tiny_config_path), data=str(image_tree), views=2, **COMMON)
+    kwargs = dict(model=str(tiny_config_path), pretrained="none", data=str(image_tree), views=2, **COMMON)
     uninterrupted = api.train("coop", out=tmp_path / "full", **kwargs)
     kill_after_first_epoch("coop", tmp_path / "killed", **kwargs)
     resumed = api.train("coop", out=tmp_path / "killed", resume=True, **kwargs)
@@ -205,7 +205,7 @@ def test_cached_views_resume_exactly(tmp_path, tiny_config_path, image_tree, kil
 
 
 def test_cli_views_and_no_feature_cache(tmp_path, tiny_config_path, image_tree, capsys):
-    base = ["train", "--method", "coop", "--model", str(tiny_config_path), "--data", str(image_tree),
+    base = ["train", "--method", "coop", "--model", str(tiny_config_path), "--pretrained", "none", "--data", str(image_tree),
             "--dataset", "imagefolder", "--shots", "2", "--epochs", "1", "--batch-size", "3", "--quiet"]
     assert main([*base, "--views", "2", "--no-feature-cache", "--out", str(tmp_path / "run")]) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

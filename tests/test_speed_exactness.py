@@ -105,7 +105,7 @@ def test_evaluation_encodes_class_prompts_once_per_class_list(tmp_path, tiny_con
         return original(self, merged)
 
     monkeypatch.setattr(PromptCLIP, "text_features", counting)
-    api.train("dip", model=str(tiny_config_path), data=str(image_tree), dataset="imagefolder", shots=4, epochs=1,
+    api.train("dip", model=str(tiny_config_path), pretrained="none", data=str(image_tree), dataset="imagefolder", shots=4, epochs=1,
               batch_size=4, subsample="base", progress=False, out=tmp_path / "run")
     merged = [names for is_merged, names in calls if is_merged]
     assert len(calls) == 2 + 2  # 8 base images / batch 4 = 2 training steps, then base and new once each

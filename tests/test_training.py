@@ -14,7 +14,7 @@ def reproducible_part(metrics: dict) -> dict:
 
 
 def test_train_writes_metrics_and_adapter(tmp_path, tiny_config_path, image_tree):
-    metrics = api.train("dip", model=str(tiny_config_path), data=str(image_tree), out=tmp_path / "run", **COMMON)
+    metrics = api.train("dip", model=str(tiny_config_path), pretrained="none", data=str(image_tree), out=tmp_path / "run", **COMMON)
     written = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert written == json.loads(json.dumps(metrics))
     assert written["method"] == "dip" and written["trainable_params"] == 4 + 64
@@ -29,7 +29,7 @@ def test_train_writes_metrics_and_adapter(tmp_path, tiny_config_path, image_tree
 
 
 def test_same_seed_gives_identical_metrics_and_other_seed_differs(tmp_path, tiny_config_path, image_tree):
-    runs = [api.train("coop", model=str(tiny_config_path), data=str(image_tree), out=tmp_path / f"r{i}", seed=seed,
+    runs = [api.train("coop", model=str(tiny_config_path), pretrained="none", data=str(image_tree), out=tmp_path / f"r{i}", seed=seed,
                       **COMMON) for i, seed in enumerate((7, 7, 8))]
     assert reproducible_part(runs[0]) == reproducible_part(runs[1]) | {"config": runs[0]["config"]}
     assert runs[0]["history"] == runs[1]["history"] and runs[0]["results"] == runs[1]["results"]
@@ -37,7 +37,7 @@ def test_same_seed_gives_identical_metrics_and_other_seed_differs(tmp_path, tiny
 
 
 def test_killed_run_resumes_to_the_same_metrics(tmp_path, tiny_config_path, image_tree, kill_after_first_epoch):
-    kwargs = dict(model=str(tiny_config_path), data=str(image_tree), **COMMON)
+    kwargs = dict(model=str(tiny_config_path), pretrained="none", data=str(image_tree), **COMMON)
     uninterrupted = api.train("dip", out=tmp_path / "full", **kwargs)
     kill_after_first_epoch("dip", tmp_path / "killed", **kwargs)
     assert not (tmp_path / "killed" / "metrics.json").exists()
@@ -51,7 +51,7 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path, tiny_config_path, imag
 
 
 def test_adamw_and_schedule(tmp_path, tiny_config_path, image_tree):
-    metrics = api.train("coop", model=str(tiny_config_path), data=str(image_tree), out=tmp_path / "adamw",
+    metrics = api.train("coop", model=str(tiny_config_path), pretrained="none", data=str(image_tree), out=tmp_path / "adamw",
                         optimizer="adamw", lr=1e-3, **COMMON)
     assert metrics["config"]["optim"]["optimizer"] == "adamw"
 
@@ -76,7 +76,7 @@ def test_warmup_sets_every_group_then_scales(tmp_path):
 
 
 def test_base_to_new_reports_both_halves(tmp_path, tiny_config_path, image_tree):
-    metrics = api.train("dip", model=str(tiny_config_path), data=str(image_tree), out=tmp_path / "b2n",
+    metrics = api.train("dip", model=str(tiny_config_path), pretrained="none", data=str(image_tree), out=tmp_path / "b2n",
                         subsample="base", **COMMON)
     assert set(metrics["results"]) == {"base", "new"}
     assert metrics["results"]["base"]["n"] == 8 and metrics["results"]["new"]["n"] == 4  # 2 base, 1 new class
@@ -84,9 +84,39 @@ def test_base_to_new_reports_both_halves(tmp_path, tiny_config_path, image_tree)
 
 
 def test_zeroshot_ensemble(tmp_path, tiny_config_path, image_tree):
-    single = api.zeroshot(model=str(tiny_config_path), data=str(image_tree), dataset="imagefolder",
+    single = api.zeroshot(model=str(tiny_config_path), pretrained="none", data=str(image_tree), dataset="imagefolder",
                           out=tmp_path / "zs")
-    ensemble = api.zeroshot(model=str(tiny_config_path), data=str(image_tree), dataset="imagefolder", ensemble=True)
+    ensemble = api.zeroshot(model=str(tiny_config_path), pretrained="none", data=str(image_tree), dataset="imagefolder", ensemble=True)
     assert single["trainable_params"] == 0 and single["results"]["test"]["n"] == 12
     assert len(ensemble["config"]["templates"]) == 8
     assert (tmp_path / "zs" / "metrics.json").is_file()
+
+
+def test_zeroshot_ensemble_is_coops_seven_templates_plus_the_dataset_template_except_on_imagenet(
+        tiny_backbone, image_tree):
+    """CoOp's ZeroshotCLIP2: IMAGENET_TEMPLATES_SELECT, and the dataset's template unless the dataset is ImageNet."""
+    from dataclasses import replace
+
+    import torch
+
+    from dipclip.methods.zeroshot import ENSEMBLE_TEMPLATES
+
+    seven = ["itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.",
+             "a {} in a video game.", "art of the {}.", "a photo of the small {}."]
+    assert list(ENSEMBLE_TEMPLATES) == seven
+    splits = api.load_data(str(image_tree), "imagefolder")
+    as_imagenet = api.zeroshot(backbone=tiny_backbone, splits=replace(splits, name="imagenet"), ensemble=True)
+    assert as_imagenet["config"]["templates"] == seven
+    pets = "a photo of a {}, a type of pet."
+    as_pets = api.zeroshot(backbone=tiny_backbone, splits=replace(splits, name="oxford_pets", template=pets),
+                           ensemble=True)
+    assert as_pets["config"]["templates"] == [*seven, pets]
+    as_variant = api.zeroshot(backbone=tiny_backbone, splits=replace(splits, name="imagenet_a"), ensemble=True)
+    assert as_variant["config"]["templates"] == [*seven, "a photo of a {}."]
+    # the classifier is the renormalised mean of the per-template unit features
+    names = [n.replace("_", " ") for n in splits.classnames]
+    per_template = [torch.nn.functional.normalize(tiny_backbone.text.encode_token_ids(
+        tiny_backbone.tokenize([t.format(n) for n in names])).float(), dim=-1) for t in seven]
+    expected = torch.nn.functional.normalize(torch.stack(per_template).mean(0), dim=-1)
+    from dipclip.methods.zeroshot import zeroshot_text_features
+    assert torch.allclose(zeroshot_text_features(tiny_backbone, splits.classnames, seven), expected, atol=1e-6)

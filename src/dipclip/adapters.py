@@ -7,17 +7,17 @@ and the recorded config, which is why an adapter refuses a backbone other than t
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 
 from . import __version__
 from .backbones.loading import Backbone
 from .engine.reproducibility import atomic_write_bytes, atomic_write_json
 from .errors import DipclipError
+from .files import read_json, read_safetensors
 from .methods import PromptCLIP, PromptConfig, get_method
 
 CONFIG_NAME = "adapter_config.json"
@@ -37,13 +37,21 @@ class Adapter:
 
     @property
     def prompt_config(self) -> PromptConfig:
-        return PromptConfig(**self.config["prompt"])
+        try:
+            return PromptConfig(**self.config["prompt"])
+        except TypeError as exc:
+            raise DipclipError(f"adapter config {self.path / CONFIG_NAME} has an invalid prompt section ({exc}); "
+                               "the adapter is damaged or from another dipclip version: train it again") from None
 
 
 def save_adapter(out_dir: str | Path, method: str, model: PromptCLIP, extra: dict | None = None) -> Path:
     """Write the adapter folder atomically (each file via a temporary name) and return its path."""
     out = Path(out_dir)
     tensors = {name: t.cpu().contiguous() for name, t in model.learnable_state().items()}
+    bad = _non_finite(tensors)
+    if bad:
+        raise DipclipError(f"refusing to write adapter {out}: learned tensor(s) {', '.join(bad)} hold NaN/inf "
+                           "(the training diverged); lower --lr and train again")
     config = {
         "format": FORMAT,
         "format_version": 1,
@@ -56,6 +64,7 @@ def save_adapter(out_dir: str | Path, method: str, model: PromptCLIP, extra: dic
     if model.prompt_cfg.class_specific or model.has_class_head:
         # class-specific contexts and class heads (DePT) belong to these classes, in this order
         config["classnames"] = model.train_classnames
+    config["train_classnames"] = list(model.train_classnames)  # what predict/export use when given no classes
     config.update(extra or {})
     atomic_write_bytes(out / WEIGHTS_NAME, save(tensors, metadata={"format": FORMAT, "method": method}))
     atomic_write_json(out / CONFIG_NAME, config)
@@ -69,13 +78,29 @@ def load_adapter(path: str | Path) -> Adapter:
     config_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     if not config_file.is_file() or not weights_file.is_file():
         raise DipclipError(f"{path} is not an adapter folder (expected {CONFIG_NAME} and {WEIGHTS_NAME} in it)")
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise DipclipError(f"{config_file} is not valid JSON ({exc.msg}); the adapter is damaged") from None
+    damaged = "the adapter is damaged: train it again (or restore the folder)"
+    config = read_json(config_file, "adapter config", damaged)
     if config.get("format") != FORMAT:
         raise DipclipError(f"{config_file} is not a dipclip adapter config (format {config.get('format')!r})")
-    return Adapter(config=config, tensors=load_file(str(weights_file)), path=folder)
+    missing = [key for key in ("method", "prompt", "backbone") if not isinstance(config.get(key), dict | str)]
+    if missing or not isinstance(config["prompt"], dict) or not isinstance(config["backbone"], dict):
+        raise DipclipError(f"adapter config {config_file} lacks or mangles {', '.join(missing) or 'prompt/backbone'}; "
+                           f"{damaged}")
+    try:
+        get_method(str(config["method"]))
+    except DipclipError as exc:
+        raise DipclipError(f"adapter config {config_file}: {exc}; the adapter is damaged or from a newer dipclip") from None
+    tensors = read_safetensors(weights_file, "adapter weights", damaged)
+    bad = _non_finite(tensors)
+    if bad:
+        raise DipclipError(f"{weights_file}: learned tensor(s) {', '.join(bad)} hold NaN/inf, so every "
+                           "prediction would be meaningless; train the adapter again with a lower --lr")
+    return Adapter(config=config, tensors=tensors, path=folder)
+
+
+def _non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity."""
+    return sorted(name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
 
 
 def check_compatible(adapter: Adapter, backbone: Backbone) -> None:
@@ -99,7 +124,10 @@ def model_from_adapter(adapter: Adapter, backbone: Backbone, classnames: list[st
     method = get_method(adapter.method)
     # built on the training classes (a class head's shape depends on them), then pointed at the asked ones
     model = method.build(backbone, list(trained_on or classnames), adapter.prompt_config)
-    model.load_learnable_state(adapter.tensors)
+    try:
+        model.load_learnable_state(adapter.tensors)
+    except DipclipError as exc:
+        raise DipclipError(f"adapter {adapter.path}: {exc}") from None
     if list(classnames) != model.classnames:
         model.set_classnames(list(classnames))
     model.eval()

@@ -25,7 +25,7 @@ def run_demo(
     out: str | Path = "runs/demo",
     *,
     model: str | None = None,
-    pretrained: str = "dipclip-tiny",
+    pretrained: str | None = None,
     data: str | None = None,
     dataset: str = "demo",
     seeds: Sequence[int] = (1, 2, 3),
@@ -40,6 +40,8 @@ def run_demo(
     if quick:
         seeds, epochs, shots = tuple(seeds)[:1], min(epochs, 2), min(shots, 4)
     out = Path(out)
+    if pretrained is None and model is None:
+        pretrained = "dipclip-tiny"  # the shipped model; a --model still needs its --pretrained
     backbone = load_backbone(model, pretrained, device=device)
     config = ProtocolConfig(protocol="base2new", data=data, datasets=[dataset], methods=DEMO_METHODS,
                             seeds=tuple(seeds), shots=(shots,), out=out, model=model, pretrained=pretrained,

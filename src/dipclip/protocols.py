@@ -30,6 +30,7 @@ import numpy as np
 from . import api
 from .backbones.loading import Backbone, file_sha256, load_backbone
 from .data.registry import DG_KEYS, TRAINABLE_KEYS, dataset_info
+from .engine.locking import output_lock
 from .engine.reproducibility import atomic_write_bytes, atomic_write_json
 from .errors import DipclipError
 from .methods import method_names
@@ -56,7 +57,7 @@ class ProtocolConfig:
     shots: Sequence[int] = (16,)
     out: str | Path = "runs"
     model: str | None = None
-    pretrained: str = "none"
+    pretrained: str | None = None  # required by load_backbone; "none" for random weights
     device: str = "auto"
     epochs: int | None = None  # None: each method's recipe for the protocol
     train_options: dict = field(default_factory=dict)  # overrides passed to api.train (lr, batch_size, rank, ...)
@@ -220,12 +221,17 @@ class ProtocolRunner:
         return out
 
     def run(self) -> dict:
+        """Every job not finished yet, then the summary; the protocol folder is held for the whole run."""
+        with output_lock(self.root):
+            return self._run_jobs()
+
+    def _run_jobs(self) -> dict:
         from tqdm.auto import tqdm
 
         jobs = self.jobs()
         done = 0
         for index, (kind, dataset, shots, method, seed) in enumerate(tqdm(jobs, desc=self.config.protocol,
-                                                                           disable=not self.config.progress)):
+                                                                           disable=None if self.config.progress else True)):
             folder = self.run_dir(dataset, shots, method, seed)
             label = f"[{index + 1}/{len(jobs)}] {self.config.protocol} {dataset} {shots}-shot {method} seed {seed}"
             finished = self._finished(folder)

@@ -79,7 +79,7 @@ def test_fewshot_cross_dataset_and_domain_generalisation(fx, tmp_path, tiny_back
 def test_protocol_cli_and_bad_input(fx, tmp_path, tiny_config_path, capsys):
     fx.json_dataset(classes=PETS, sizes=(2, 1, 1))
     code = main(["base2new", "--data", str(fx.root), "--datasets", "oxford_pets", "--methods", "dip",
-                 "--seeds", "1", "--epochs", "1", "--shots", "1", "--model", str(tiny_config_path),
+                 "--seeds", "1", "--epochs", "1", "--shots", "1", "--model", str(tiny_config_path), "--pretrained", "none",
                  "--out", str(tmp_path / "runs"), "--quiet"])
     assert code == 0 and "| dip | oxford_pets | 1 |" in capsys.readouterr().out
     assert main(["base2new", "--data", str(fx.root), "--datasets", "imagenet_r", "--methods", "dip"]) == 2

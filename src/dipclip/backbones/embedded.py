@@ -33,6 +33,14 @@ def embedded_path(name: str) -> Path:
     return assets_dir() / EMBEDDED_MODELS[name]
 
 
+def embedded_vocabulary(name: str) -> frozenset[int]:
+    """The token ids an embedded model knows (the rows its pruned token embedding kept); others embed as zero."""
+    from safetensors import safe_open
+
+    with safe_open(str(embedded_path(name) / "model.safetensors"), "pt") as handle:
+        return frozenset(handle.get_tensor("token_ids").tolist())
+
+
 def load_embedded(name: str):
     """(open_clip model, tokenizer, identity, name) for an embedded model."""
     import open_clip

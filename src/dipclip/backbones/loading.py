@@ -11,8 +11,9 @@ import hashlib
 import json
 import os
 import socket
+import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import DipclipError
+from ..files import read_json, read_safetensors
 from . import embedded
 from .build import build_from_config, file_sha256
 from .precision import autocast_for
@@ -44,6 +46,10 @@ class Backbone:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     model_arg: str | None = None  # what the user passed as --model, so an adapter can rebuild its backbone
+    model_config: dict | None = None  # the config JSON's content, so it rebuilds without that file
+    weights_file: str | None = None  # the absolute path of a --pretrained weights file
+    known_tokens: frozenset[int] | None = None  # a pruned vocabulary (dipclip-tiny); None: the full one
+    _warned_words: set[str] = field(default_factory=set, repr=False)
 
     @property
     def device(self) -> torch.device:
@@ -59,7 +65,34 @@ class Backbone:
         return self
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
+        if self.known_tokens is not None:
+            self._warn_unknown_words(texts)
         return self.tokenizer(texts).to(self.device)
+
+    def unknown_words(self, texts: list[str]) -> list[str]:
+        """Words of ``texts`` with a token outside :attr:`known_tokens` (they would embed as zero vectors)."""
+        if self.known_tokens is None:
+            return []
+        found: list[str] = []
+        for text in texts:
+            for word in text.split():
+                if any(token not in self.known_tokens for token in self.tokenizer.encode(word)):
+                    shown = word.strip(".,;:!?\"'()[]{}").lower() or word
+                    if shown not in found:
+                        found.append(shown)
+        return found
+
+    def _warn_unknown_words(self, texts: list[str]) -> None:
+        """One line per new set of unknown words: silently zero-embedded class names give wrong numbers."""
+        new = [word for word in self.unknown_words(texts) if word not in self._warned_words]
+        if not new:
+            return
+        self._warned_words.update(new)
+        shown = ", ".join(repr(word) for word in new[:12]) + (f" and {len(new) - 12} more" if len(new) > 12 else "")
+        if os.environ.get("RANK", "0") == "0":
+            print(f"dipclip: warning: {self.name} does not know the word(s) {shown} (in class names or templates): "
+                  "they embed as zero vectors and carry no meaning; use words it knows, or a full CLIP such as "
+                  "--model ViT-B-16 --pretrained openai", file=sys.stderr, flush=True)
 
     @cached_property
     def vision(self) -> VisionTower | None:
@@ -68,14 +101,15 @@ class Backbone:
         return VisionTower(self.model) if is_class_token_vit(self.model.visual) else None
 
     @torch.no_grad()
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """L2-normalised image features in fp32 (the image tower is frozen, so never with grad)."""
+    def encode_images(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """L2-normalised image features in fp32 (the image tower is frozen, so never with grad);
+        ``normalize=False`` gives the projected features before normalisation (DePT's head takes those)."""
         if self.vision is not None:
             features = self.vision(images)
         else:
             with autocast_for(images.device):
                 features = self.model.encode_image(images)
-        return nn.functional.normalize(features.float(), dim=-1)
+        return nn.functional.normalize(features.float(), dim=-1) if normalize else features.float()
 
     def describe(self) -> dict:
         return {
@@ -86,6 +120,8 @@ class Backbone:
             "text_width": self.text.width,
             "embed_dim": self.text.output_dim,
             "image_size": self.image_size,
+            **({"model_config": self.model_config} if self.model_config is not None else {}),
+            **({"weights_file": self.weights_file} if self.weights_file is not None else {}),
         }
 
 
@@ -111,9 +147,11 @@ def resolve_device(device: str | None) -> torch.device:
 
 def load_backbone(
     model: str | None = None,
-    pretrained: str | None = "none",
+    pretrained: str | None = None,
     device: str | torch.device | None = "cpu",
     cache_dir: str | None = None,
+    announce: bool = True,
+    model_config: dict | None = None,
 ) -> Backbone:
     """Build a frozen CLIP.
 
@@ -122,21 +160,30 @@ def load_backbone(
       architecture read from the tensors, so ``model`` may be omitted), or an open_clip checkpoint for
       the given ``model``;
     - ``model`` a path to an open_clip model config JSON (``{"embed_dim", "vision_cfg", "text_cfg"}``);
-    - ``pretrained="none"``: random weights (seeded, identical at every load);
+    - ``pretrained="none"``: random weights (seeded, identical at every load); never the default, because
+      a model that silently has random weights gives numbers that look like results;
     - ``pretrained`` the name of an embedded dipclip model (see :mod:`dipclip.backbones.embedded`).
+
+    ``announce`` prints one ``weights: ...`` line to stderr, so every run says what it runs on.
+    ``model_config``: the content of the config JSON ``model`` names (an adapter records it), used instead
+    of reading that file, so an adapter evaluates from any folder.
     """
     torch_device = device if isinstance(device, torch.device) else resolve_device(device)
-    pretrained = pretrained or "none"
+    if pretrained is None:
+        raise DipclipError(_missing_weights_message(model))
+    if embedded.is_embedded(pretrained) and model is not None:
+        raise DipclipError(f"--pretrained {pretrained} is dipclip's own model with its own architecture; "
+                           f"drop --model {model}, or give weights for {model} with --pretrained TAG|FILE")
     if embedded.is_embedded(pretrained):
         clip_model, tokenizer, identity, name = embedded.load_embedded(pretrained)
     elif _looks_like_file(pretrained):
-        clip_model, tokenizer, identity, name = _from_weights_file(model, pretrained)
+        clip_model, tokenizer, identity, name = _from_weights_file(model, pretrained, model_config)
     elif model is None:
         raise DipclipError(
             "--model is required unless --pretrained is a weights file; e.g. --model ViT-B-16 --pretrained openai"
         )
-    elif model.endswith(".json"):
-        clip_model, tokenizer, identity, name = _from_config_file(model, pretrained)
+    elif model_config is not None or model.endswith(".json"):
+        clip_model, tokenizer, identity, name = _from_config_file(model, pretrained, model_config)
     else:
         clip_model, tokenizer, identity, name = _from_open_clip_name(model, pretrained, cache_dir)
 
@@ -148,10 +195,32 @@ def load_backbone(
     mean = tuple(getattr(visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073))
     std = tuple(getattr(visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711))
     text = TextTower(clip_model).to(torch_device)
-    return Backbone(
+    backbone = Backbone(
         model=clip_model, text=text, tokenizer=tokenizer, name=name, pretrained=pretrained,
         identity=identity, image_size=image_size, mean=mean, std=std, model_arg=model,
+        model_config=model_config if model_config is not None else _config_of(model),
+        weights_file=os.path.abspath(os.path.expanduser(pretrained)) if _is_file(pretrained) else None,
+        known_tokens=embedded.embedded_vocabulary(pretrained) if embedded.is_embedded(pretrained) else None,
     )
+    if announce and os.environ.get("RANK", "0") == "0":
+        print(weights_line(backbone), file=sys.stderr, flush=True)
+    return backbone
+
+
+def _missing_weights_message(model: str | None) -> str:
+    if model is not None:
+        return (f"--model {model} without --pretrained would run on random weights; give the weights "
+                "(--pretrained openai, or a weights file), or pass `--pretrained none` for random weights")
+    return ("no backbone given; pass --pretrained dipclip-tiny (the shipped small CLIP), --model ViT-B-16 "
+            "--pretrained openai, or --pretrained FILE (an OpenAI .pt or open_clip checkpoint)")
+
+
+def weights_line(backbone: Backbone) -> str:
+    """The one line every run prints about its weights (random ones say so loudly)."""
+    if backbone.pretrained == "none":
+        return (f"weights: RANDOM (--pretrained none) for {backbone.name}: results are those of an untrained "
+                f"CLIP [{backbone.identity}]")
+    return f"weights: {backbone.pretrained} for {backbone.name} [{backbone.identity}]"
 
 
 def _looks_like_file(pretrained: str) -> bool:
@@ -171,17 +240,31 @@ def _tokenizer_for_config(model_cfg: dict):
     return open_clip.tokenizer.SimpleTokenizer(context_length=text_cfg.get("context_length", 77))
 
 
-def _from_config_file(path: str, pretrained: str):
+def _is_file(path: str | None) -> bool:
+    return bool(path) and os.path.isfile(os.path.expanduser(path))
+
+
+def _config_of(model: str | None) -> dict | None:
+    """The model config of a config-file ``model`` (already read once, so it is valid), else None."""
+    return read_model_config(model) if model is not None and model.endswith(".json") else None
+
+
+def read_model_config(path: str) -> dict:
+    """The open_clip model config in a JSON file (a plain config or an ``open_clip_config.json``)."""
     config_path = Path(path).expanduser()
-    if not config_path.is_file():
+    if not os.path.lexists(config_path):
         raise DipclipError(f"model config not found: {path}; give an open_clip config JSON or a model name")
-    try:
-        raw = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DipclipError(f"model config {path} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    raw = read_json(config_path, "model config", "give an open_clip model config JSON (embed_dim, vision_cfg, "
+                    "text_cfg)")
     model_cfg = raw.get("model_cfg", raw)  # accept both plain configs and open_clip_config.json files
-    if not {"embed_dim", "vision_cfg", "text_cfg"} <= set(model_cfg):
+    if not isinstance(model_cfg, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= set(model_cfg) or not all(
+            isinstance(model_cfg[key], dict) for key in ("vision_cfg", "text_cfg")):
         raise DipclipError(f"model config {path} needs embed_dim, vision_cfg and text_cfg (open_clip format)")
+    return model_cfg
+
+
+def _from_config_file(path: str, pretrained: str, model_cfg: dict | None = None):
+    model_cfg = model_cfg if model_cfg is not None else read_model_config(path)
     if pretrained != "none":
         raise DipclipError(
             f"--pretrained {pretrained!r} is neither 'none' nor an existing weights file (with a config JSON as "
@@ -190,10 +273,10 @@ def _from_config_file(path: str, pretrained: str):
     model = build_from_config(model_cfg)
     canonical = json.dumps(model_cfg, sort_keys=True).encode()
     identity = f"config-sha256:{hashlib.sha256(canonical).hexdigest()[:16]}/none"
-    return model, _tokenizer_for_config(model_cfg), identity, config_path.stem
+    return model, _tokenizer_for_config(model_cfg), identity, Path(path).stem
 
 
-def _from_weights_file(model: str | None, pretrained: str):
+def _from_weights_file(model: str | None, pretrained: str, model_cfg: dict | None = None):
     import open_clip
     from open_clip.model import build_model_from_openai_state_dict
 
@@ -213,9 +296,8 @@ def _from_weights_file(model: str | None, pretrained: str):
         name = model or f"openai:{Path(path).stem}"
         ctx = clip_model.positional_embedding.shape[0]
         return clip_model, open_clip.tokenizer.SimpleTokenizer(context_length=ctx), identity, name
-    if model.endswith(".json"):
-        raw = json.loads(Path(model).read_text())
-        model_cfg = raw.get("model_cfg", raw)
+    if model_cfg is not None or model.endswith(".json"):
+        model_cfg = model_cfg if model_cfg is not None else read_model_config(model)
         clip_model = build_from_config(model_cfg)
         state = _read_state_dict(path)
         try:
@@ -266,9 +348,7 @@ def _is_openai_file(path: str) -> bool:
 
 def _read_state_dict(path: str) -> dict:
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
+        return read_safetensors(path, "weights file", "check the file given to --pretrained")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001

@@ -1,13 +1,16 @@
 """``dipclip`` command line. Each command is a thin layer over :mod:`dipclip.api`.
 
-User errors print one line (``dipclip: error: ...``) and exit with status 2; an interrupted run exits 130
-and resumes with ``--resume``.
+Every failure prints one line (``dipclip: error: ...``, what is wrong and the fix) and exits with status 2,
+without a traceback unless ``--debug`` or ``DIPCLIP_DEBUG=1``; an interrupted run exits 130 and resumes
+with ``--resume``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 from ..errors import DipclipError
@@ -36,13 +39,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_debug_flag(parser: argparse.ArgumentParser, top: bool = True) -> None:
+    """``--debug`` on the top parser and on every subcommand, so it may follow the command too."""
+    parser.add_argument("--debug", action="store_true", default=False if top else argparse.SUPPRESS,
+                        help="on an error, also print the Python traceback (or set DIPCLIP_DEBUG=1)")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                if name != "pretrain":  # passes its arguments through untouched
+                    _add_debug_flag(child, top=False)
+
+
+def _debug_requested(argv: Sequence[str]) -> bool:
+    return os.environ.get("DIPCLIP_DEBUG", "").strip().lower() not in ("", "0", "false", "no") or "--debug" in argv
+
+
+def _fail(message: str, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    line = " ".join(str(message).split())  # one line, whatever the exception held
+    print(f"dipclip: error: {line}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
+    """The CLI. Every failure ends in one ``dipclip: error:`` line and exit status 2 (130 when interrupted);
+    the traceback only with ``--debug`` or ``DIPCLIP_DEBUG=1``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = _debug_requested(argv)
     try:
+        if argv[:1] == ["pretrain"]:  # its own parser, so that `dipclip pretrain --help` is its help
+            from ..pretrain import main as pretrain_main
+
+            return int(pretrain_main(argv[1:]) or 0)
+        parser = build_parser()
+        _add_debug_flag(parser)
+        args = parser.parse_args(argv)
+        debug = debug or bool(getattr(args, "debug", False))
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 0
         from ..engine.distributed import init_from_environment
 
         device = init_from_environment()  # under torchrun: join the group, one GPU per process
@@ -50,11 +86,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.device = device
         return int(args.func(args) or 0)
     except DipclipError as exc:
-        print(f"dipclip: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc), debug)
     except KeyboardInterrupt:
         print("dipclip: interrupted; finished epochs are checkpointed, rerun with --resume", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the one boundary: a disk, memory or a file we did not foresee
+        from ..files import describe_error
+
+        return _fail(describe_error(exc), debug)
 
 
 if __name__ == "__main__":

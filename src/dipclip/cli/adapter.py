@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import FORMATTER, backbone_args, classnames_arg, out_arg, positive_int
+from .common import FORMATTER, backbone_args, classnames_arg, out_arg, path_arg, positive_int
 
 
 def add_commands(sub) -> None:
@@ -15,10 +15,10 @@ def add_commands(sub) -> None:
                "  dipclip density runs/pets-dip/adapter\n"
                "  dipclip density runs/pets-coop/adapter --k 2 --energy --out runs/pets-coop\n",
     )
-    density.add_argument("adapter", help="adapter folder")
+    density.add_argument("adapter", type=path_arg, help="adapter folder")
     density.add_argument("--k", type=positive_int, default=None, help="only this k (default: every k)")
     density.add_argument("--energy", action="store_true", help="energy form (squared singular values)")
-    backbone_args(density, required_default=None)
+    backbone_args(density, adapter="")
     out_arg(density, None)
     density.set_defaults(func=cmd_density)
 
@@ -31,11 +31,12 @@ def add_commands(sub) -> None:
                "  dipclip export runs/pets-dip/adapter --data ~/data --dataset oxford_pets --out export/pets\n"
                "  dipclip export runs/pets-dip/adapter --classes 'abyssinian,bengal,birman' --out export/cats\n",
     )
-    export.add_argument("adapter", help="adapter folder")
-    export.add_argument("--classes", type=classnames_arg, default=None, help="comma-separated class names")
-    export.add_argument("--data", default=None, metavar="ROOT", help="take the classes from this dataset")
+    export.add_argument("adapter", type=path_arg, help="adapter folder")
+    export.add_argument("--classes", type=classnames_arg, default=None,
+                        help="comma-separated class names (default: the adapter's training classes)")
+    export.add_argument("--data", type=path_arg, default=None, metavar="ROOT", help="take the classes from this dataset")
     export.add_argument("--dataset", default=None, metavar="KEY", help="dataset key for --data")
-    backbone_args(export, required_default=None)
+    backbone_args(export, adapter="")
     out_arg(export, "export")
     export.set_defaults(func=cmd_export)
 

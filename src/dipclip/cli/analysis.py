@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ..errors import DipclipError
-from .common import FORMATTER
+from .common import FORMATTER, out_dir, path_arg
 
 
 def add_commands(subparsers) -> None:
@@ -19,8 +19,8 @@ def add_commands(subparsers) -> None:
                "  dipclip train --method coop ... --subsample base --eval-every 5 --out runs/pets-coop\n"
                "  dipclip analyze runs/pets-coop runs/pets-dip --out analysis/\n",
     )
-    analyze.add_argument("runs", nargs="+", help="run folders (the --out of `dipclip train`)")
-    analyze.add_argument("--out", default="analysis", metavar="DIR", help="default: analysis")
+    analyze.add_argument("runs", type=path_arg, nargs="+", help="run folders (the --out of `dipclip train`)")
+    analyze.add_argument("--out", type=out_dir, default="analysis", metavar="DIR", help="default: analysis")
     analyze.set_defaults(func=cmd_analyze)
 
     plot = subparsers.add_parser(
@@ -32,8 +32,8 @@ def add_commands(subparsers) -> None:
                "  dipclip plot runs/base2new/summary.json\n"
                "  dipclip plot runs/fewshot/summary.json --out figures/\n",
     )
-    plot.add_argument("summary", help="a summary.json written by base2new/fewshot/xd/dg")
-    plot.add_argument("--out", default=None, metavar="DIR", help="default: the summary's folder")
+    plot.add_argument("summary", type=path_arg, help="a summary.json written by base2new/fewshot/xd/dg")
+    plot.add_argument("--out", type=out_dir, default=None, metavar="DIR", help="default: the summary's folder")
     plot.set_defaults(func=cmd_plot)
 
 

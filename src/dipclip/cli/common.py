@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 
 FORMATTER = argparse.RawDescriptionHelpFormatter
 
+# The --method values, spelled out so that `--help` needs no torch (importing dipclip.methods loads it);
+# tests/test_bad_input_cli.py checks this equals dipclip.methods.method_names().
+_BASE_METHODS = ("cocoop", "coop", "dept", "dip", "kgcoop", "maple", "prograd", "promptsrc")
+METHOD_NAMES = (*_BASE_METHODS, *(f"{name}+dip" for name in _BASE_METHODS if name != "dip"))
+
 
 class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse, but a bad option is one line that points at --help instead of a usage dump."""
+    """argparse, but a bad option is one ``dipclip: error:`` line that points at --help, not a usage dump."""
 
     def error(self, message: str):  # noqa: D401 - argparse API
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+        self.exit(2, f"dipclip: error: {message} (see `{self.prog} --help`)\n")
 
 
 def int_at_least(minimum: int):
@@ -43,6 +50,65 @@ def probability(text: str) -> float:
     return value
 
 
+def positive_float(text: str) -> float:
+    """A finite number > 0 (a learning rate: inf or nan would train non-finite weights)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def path_arg(text: str) -> str:
+    """A path as the shell would have expanded it: ``~`` and ``~user`` (quoted or after ``=``) included."""
+    if not text:
+        raise argparse.ArgumentTypeError("the path is empty")
+    return os.path.expanduser(text)
+
+
+def _nearest_existing(path: str) -> str:
+    folder = os.path.abspath(path)
+    while not os.path.lexists(folder):
+        folder = os.path.dirname(folder)
+    return folder
+
+
+def out_dir(text: str) -> str:
+    """An output folder: refused at once if it is a file or cannot be created, before any compute is spent."""
+    path = path_arg(text)
+    if os.path.lexists(path) and not os.path.isdir(path):
+        kind = "a broken symlink" if os.path.islink(path) and not os.path.exists(path) else "a file, not a folder"
+        raise argparse.ArgumentTypeError(f"{text} is {kind}; give a folder to write into")
+    existing = _nearest_existing(path)
+    if not os.path.isdir(existing):
+        raise argparse.ArgumentTypeError(f"{existing} is a file, so {text} cannot be created; give another folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{existing} is not writable, so nothing can be written to {text}; "
+                                         "give a folder you can write to")
+    return path
+
+
+def out_file(text: str) -> str:
+    """An output file: refused at once if it is a folder or its folder cannot be created."""
+    path = path_arg(text)
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name to write")
+    out_dir(os.path.dirname(os.path.abspath(path)))
+    return path
+
+
 def views_arg(text: str) -> str | int:
     if text.strip().lower() == "fresh":
         return "fresh"
@@ -59,15 +125,18 @@ def classnames_arg(text: str) -> list[str]:
     return names
 
 
-def backbone_args(parser: argparse.ArgumentParser, required_default: str | None = "none") -> None:
+def backbone_args(parser: argparse.ArgumentParser, adapter: str | None = None) -> None:
+    """--model/--pretrained/--device. There is no default weight: random weights only with ``--pretrained none``.
+
+    ``adapter``: when the command reads an adapter, says when its recorded backbone is the default."""
     group = parser.add_argument_group("backbone")
-    group.add_argument("--model", default=None, metavar="NAME|CONFIG.json",
+    group.add_argument("--model", type=path_arg, default=None, metavar="NAME|CONFIG.json",
                        help="open_clip model name (ViT-B-16) or an open_clip config JSON; optional with an OpenAI .pt")
-    group.add_argument("--pretrained", default=required_default, metavar="TAG|FILE",
+    group.add_argument("--pretrained", type=path_arg, default=None, metavar="TAG|FILE",
                        help="open_clip tag (openai), a weights file (~/.cache/clip/ViT-B-16.pt), an embedded "
                             "model (dipclip-tiny) or 'none' for random weights" +
-                            (f" (default: {required_default})" if required_default else
-                             " (default: the adapter's own)"))
+                            (f" (default: the adapter's own{adapter})" if adapter is not None else
+                             " (required: no default, so random weights are never used by accident)"))
     group.add_argument("--device", default="auto", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:N, mps")
 
 
@@ -75,7 +144,7 @@ def data_args(parser: argparse.ArgumentParser, required: bool = True, subsample:
     from ..data.registry import DATASET_KEYS
 
     group = parser.add_argument_group("data")
-    group.add_argument("--data", default=None, metavar="ROOT",
+    group.add_argument("--data", type=path_arg, default=None, metavar="ROOT",
                        help="folder holding the dataset folders (CoOp layout), or the custom folder/CSV "
                             "(not needed for --dataset demo)")
     group.add_argument("--dataset", required=required, choices=DATASET_KEYS, metavar="KEY",
@@ -89,5 +158,5 @@ def data_args(parser: argparse.ArgumentParser, required: bool = True, subsample:
 
 
 def out_arg(parser: argparse.ArgumentParser, default: str | None) -> None:
-    parser.add_argument("--out", default=default, metavar="DIR",
+    parser.add_argument("--out", type=out_dir, default=default, metavar="DIR",
                         help="output folder" + (f" (default: {default})" if default else ""))

@@ -13,6 +13,7 @@ import sys
 from ..data._io import relative_path, write_json_atomic
 from ..data.registry import DATASET_KEYS
 from .common import FORMATTER as _FMT
+from .common import out_file, path_arg, positive_int
 
 
 def add_commands(subparsers) -> None:
@@ -41,17 +42,17 @@ def add_commands(subparsers) -> None:
                "  dipclip data split --data ~/data --dataset dtd --shots 4 --seed 2 --subsample base > dtd.json\n"
                "  diff <(dipclip data split --data ~/data --dataset eurosat --shots 1 --seed 1) run1.json\n",
     )
-    split.add_argument("--data", default=None, metavar="ROOT",
+    split.add_argument("--data", type=path_arg, default=None, metavar="ROOT",
                        help="folder holding the dataset folders (not needed for --dataset demo)")
     split.add_argument("--dataset", required=True, choices=DATASET_KEYS, metavar="KEY",
                        help=f"one of: {', '.join(DATASET_KEYS)}")
-    split.add_argument("--shots", required=True, type=int, metavar="K", help="images per class (>= 1)")
+    split.add_argument("--shots", required=True, type=positive_int, metavar="K", help="images per class (>= 1)")
     split.add_argument("--seed", required=True, type=int, metavar="S", help="the run's seed (published: 1 2 3)")
     split.add_argument("--subsample", default="all", choices=("all", "base", "new"),
                        help="class half to keep (default: all)")
-    split.add_argument("--cache-dir", default=None, metavar="DIR",
+    split.add_argument("--cache-dir", type=path_arg, default=None, metavar="DIR",
                        help="also read/write our portable JSON few-shot cache under DIR")
-    split.add_argument("--out", default=None, metavar="FILE", help="write the JSON to FILE instead of stdout")
+    split.add_argument("--out", type=out_file, default=None, metavar="FILE", help="write the JSON to FILE instead of stdout")
     split.set_defaults(func=cmd_split)
 
     make = sub.add_parser(
@@ -67,8 +68,8 @@ def add_commands(subparsers) -> None:
                "  dipclip data make-split --data ~/my_images --seed 2 --out ~/splits/my_images_seed2.json\n"
                "  dipclip doctor --data ~/my_images --dataset imagefolder\n",
     )
-    make.add_argument("--data", required=True, metavar="FOLDER", help="ImageFolder tree: FOLDER/<class>/<image>")
-    make.add_argument("--out", default=None, metavar="FILE", help="output (default FOLDER/split_dipclip.json)")
+    make.add_argument("--data", type=path_arg, required=True, metavar="FOLDER", help="ImageFolder tree: FOLDER/<class>/<image>")
+    make.add_argument("--out", type=out_file, default=None, metavar="FILE", help="output (default FOLDER/split_dipclip.json)")
     make.add_argument("--seed", type=int, default=1, metavar="S", help="shuffle seed (default 1)")
     make.add_argument("--force", action="store_true", help="overwrite an existing split file")
     make.set_defaults(func=cmd_make_split)
@@ -87,7 +88,7 @@ def add_commands(subparsers) -> None:
                "  dipclip doctor --data ~/data --dataset imagenet --full\n"
                "  dipclip doctor --data ~/my_images --dataset imagefolder\n",
     )
-    doctor.add_argument("--data", default=None, metavar="ROOT",
+    doctor.add_argument("--data", type=path_arg, default=None, metavar="ROOT",
                         help="folder holding the dataset folders (not needed for --dataset demo)")
     doctor.add_argument("--dataset", default=None, choices=DATASET_KEYS, metavar="KEY",
                         help="check only this dataset (required for imagefolder and csv)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import FORMATTER, positive_int
+from .common import FORMATTER, out_dir, path_arg, positive_int
 
 
 def add_commands(subparsers) -> None:
@@ -20,16 +20,17 @@ def add_commands(subparsers) -> None:
                "  dipclip demo --quick --out runs/demo-quick\n"
                "  dipclip demo --model ViT-B-16 --pretrained openai --data ~/data --dataset oxford_pets --epochs 50\n",
     )
-    demo.add_argument("--model", default=None, metavar="NAME|CONFIG.json")
-    demo.add_argument("--pretrained", default="dipclip-tiny", metavar="TAG|FILE", help="default: dipclip-tiny")
-    demo.add_argument("--data", default=None, metavar="ROOT", help="default: the shipped demo data")
+    demo.add_argument("--model", type=path_arg, default=None, metavar="NAME|CONFIG.json")
+    demo.add_argument("--pretrained", type=path_arg, default=None, metavar="TAG|FILE",
+                      help="default: dipclip-tiny without --model; with --model required ('none': random)")
+    demo.add_argument("--data", type=path_arg, default=None, metavar="ROOT", help="default: the shipped demo data")
     demo.add_argument("--dataset", default="demo", metavar="KEY", help="default: demo")
     demo.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="default: 1 2 3")
     demo.add_argument("--shots", type=positive_int, default=16, help="default: 16")
     demo.add_argument("--epochs", type=positive_int, default=20, help="default: 20")
     demo.add_argument("--quick", action="store_true", help="one seed, 2 epochs, 4 shots: a smoke test")
     demo.add_argument("--device", default="auto")
-    demo.add_argument("--out", default="runs/demo", metavar="DIR", help="default: runs/demo")
+    demo.add_argument("--out", type=out_dir, default="runs/demo", metavar="DIR", help="default: runs/demo")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
 

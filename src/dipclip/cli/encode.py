@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import DipclipError
+from .common import non_negative_int, path_arg
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,13 +32,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m dipclip.cli.encode", description=main.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--pretrained", default="none")
-    parser.add_argument("--data", default=None)
+    parser.add_argument("--model", type=path_arg, default=None)
+    parser.add_argument("--pretrained", type=path_arg, default=None, help="required; 'none' for random weights")
+    parser.add_argument("--data", type=path_arg, default=None)
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
     parser.add_argument("--subsample", default="all", choices=("all", "base", "new"))
-    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--workers", type=non_negative_int, default=0)
     parser.add_argument("--skip-bad-images", action="store_true")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import FORMATTER, backbone_args, classnames_arg, data_args, out_arg, positive_int
+from .common import FORMATTER, backbone_args, classnames_arg, data_args, out_arg, path_arg, positive_int
 
 
 def add_commands(sub) -> None:
@@ -15,8 +15,8 @@ def add_commands(sub) -> None:
                "  dipclip eval --adapter runs/pets-dip/adapter --data ~/data --dataset oxford_pets --subsample new\n"
                "  dipclip eval --adapter runs/in-dip/adapter --data ~/data --dataset imagenet_sketch --out runs/sketch\n",
     )
-    evaluate.add_argument("--adapter", required=True, metavar="DIR", help="adapter folder (OUT/adapter of train)")
-    backbone_args(evaluate, required_default=None)
+    evaluate.add_argument("--adapter", type=path_arg, required=True, metavar="DIR", help="adapter folder (OUT/adapter of train)")
+    backbone_args(evaluate, adapter="")
     data_args(evaluate)
     evaluate.add_argument("--split", default="test", choices=("train", "val", "test"), help="default: test")
     out_arg(evaluate, None)
@@ -41,18 +41,20 @@ def add_commands(sub) -> None:
     predict = sub.add_parser(
         "predict", formatter_class=FORMATTER, help="top-k classes of image files",
         description="Classify image files: zero-shot with --template, or with a trained --adapter.\n"
-                    "Classes come from --classes or from a dataset (--data/--dataset).",
+                    "Classes come from --classes, from a dataset (--data/--dataset), or by default from the\n"
+                    "adapter's training classes.",
         epilog="examples:\n"
                "  dipclip predict photo1.jpg photo2.png --classes cat,dog,bird --model ViT-B-16 --pretrained openai\n"
                "  dipclip predict img.jpg --adapter runs/pets-dip/adapter --data ~/data --dataset oxford_pets --top-k 3\n",
     )
-    predict.add_argument("images", nargs="+", help="image files")
-    predict.add_argument("--classes", type=classnames_arg, default=None, help="comma-separated class names")
-    predict.add_argument("--adapter", default=None, metavar="DIR", help="adapter folder (default: zero-shot)")
+    predict.add_argument("images", type=path_arg, nargs="+", help="image files")
+    predict.add_argument("--classes", type=classnames_arg, default=None,
+                         help="comma-separated class names (default: the adapter's training classes)")
+    predict.add_argument("--adapter", type=path_arg, default=None, metavar="DIR", help="adapter folder (default: zero-shot)")
     predict.add_argument("--template", default="a photo of a {}.", help="zero-shot template")
     predict.add_argument("--top-k", type=positive_int, default=5, help="classes per image (default 5)")
-    backbone_args(predict, required_default=None)
-    predict.add_argument("--data", default=None, metavar="ROOT", help="take the classes from this dataset")
+    backbone_args(predict, adapter=" with --adapter")
+    predict.add_argument("--data", type=path_arg, default=None, metavar="ROOT", help="take the classes from this dataset")
     predict.add_argument("--dataset", default=None, metavar="KEY", help="dataset key for --data")
     out_arg(predict, None)
     predict.set_defaults(func=cmd_predict)

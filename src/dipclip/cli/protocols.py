@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import FORMATTER, non_negative_int, positive_int
+from .common import FORMATTER, non_negative_int, out_dir, path_arg, positive_int
 from .overrides import add_override_args, override_kwargs
 
 DESCRIPTIONS = {
@@ -38,7 +38,7 @@ def add_commands(subparsers) -> None:
                    f"--datasets {'imagenet_a imagenet_r' if protocol == 'dg' else 'dtd eurosat'} "
                    "--methods coop dip --seeds 1 2 3 --out runs\n",
         )
-        parser.add_argument("--data", required=True, metavar="ROOT", help="folder holding the dataset folders")
+        parser.add_argument("--data", type=path_arg, required=True, metavar="ROOT", help="folder holding the dataset folders")
         parser.add_argument("--datasets", nargs="+", default=["all"], metavar="KEY",
                             help="dataset keys, or 'all' for the protocol's published list (default)" +
                                  ("; these are the targets, the source is imagenet" if protocol in ("xd", "dg") else ""))
@@ -48,10 +48,11 @@ def add_commands(subparsers) -> None:
         parser.add_argument("--shots", nargs="+", type=positive_int, default=DEFAULT_SHOTS[protocol],
                             help=f"default: {' '.join(map(str, DEFAULT_SHOTS[protocol]))}")
         parser.add_argument("--workers", type=non_negative_int, default=0)
-        parser.add_argument("--model", default=None, metavar="NAME|CONFIG.json")
-        parser.add_argument("--pretrained", default="none", metavar="TAG|FILE")
+        parser.add_argument("--model", type=path_arg, default=None, metavar="NAME|CONFIG.json")
+        parser.add_argument("--pretrained", type=path_arg, default=None, metavar="TAG|FILE",
+                            help="open_clip tag, weights file, dipclip-tiny, or 'none' for random weights (required)")
         parser.add_argument("--device", default="auto")
-        parser.add_argument("--out", default="runs", metavar="DIR", help="default: runs")
+        parser.add_argument("--out", type=out_dir, default="runs", metavar="DIR", help="default: runs")
         parser.add_argument("--quiet", action="store_true", help="no progress bars")
         add_override_args(parser, protocol_command=True)
         parser.set_defaults(func=cmd_protocol, protocol=protocol)

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 
-from .common import FORMATTER, backbone_args, data_args, out_arg, positive_int
+from .common import FORMATTER, METHOD_NAMES, backbone_args, data_args, out_arg, positive_int
 from .overrides import add_override_args, override_kwargs
 
 
 def add_commands(sub) -> None:
     """Add ``train`` to the CLI's subparsers."""
-    from ..methods import method_names
-
     train = sub.add_parser(
         "train", formatter_class=FORMATTER, help="learn a prompt on a few-shot dataset, save its adapter",
         description="Learn a prompt (CoOp or DIP) on K images per class, save the adapter to OUT/adapter,\n"
@@ -28,8 +26,8 @@ def add_commands(sub) -> None:
                "Defaults are the method's published recipe for --recipe (see `dipclip recipes show METHOD`);\n"
                "every flag overrides one value, and metrics.json records the recipe and the overrides.\n",
     )
-    train.add_argument("--method", default="dip", choices=method_names(), metavar="METHOD",
-                       help=f"one of {', '.join(method_names())} (default: dip); NAME+dip = NAME with DIP's prompt")
+    train.add_argument("--method", default="dip", choices=METHOD_NAMES, metavar="METHOD",
+                       help=f"one of {', '.join(METHOD_NAMES)} (default: dip); NAME+dip = NAME with DIP's prompt")
     backbone_args(train)
     data_args(train)
     train.add_argument("--shots", type=positive_int, default=16, metavar="K", help="images per class (default 16)")

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..files import file_mode
+
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed python, numpy and torch; return a generator for DataLoader shuffling."""
@@ -31,6 +33,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode())  # mkstemp makes 0600; a result file gets the mode open() would give it
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

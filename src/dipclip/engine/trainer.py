@@ -166,7 +166,16 @@ class Trainer:
         }
 
     def _restore(self, fingerprint: str, payload: dict) -> tuple[int, list[dict]]:
-        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - truncated, not a torch file, or an unsafe pickle
+            raise DipclipError(
+                f"checkpoint {self.checkpoint_path} is damaged ({type(exc).__name__}); drop --resume and use another "
+                "--out to start over"
+            ) from None
+        if not isinstance(state, dict):
+            raise DipclipError(f"checkpoint {self.checkpoint_path} does not hold a dipclip checkpoint; drop --resume "
+                               "and use another --out to start over")
         if state.get("fingerprint") != fingerprint:
             held = state.get("settings")
             differing = _differences(json.loads(held), payload) if isinstance(held, str) else []
@@ -225,8 +234,9 @@ class Trainer:
             total_loss, correct, seen, began = 0.0, 0, 0, time.perf_counter()
             batches = source.batches(epoch, generator)
             self.model.train()
-            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not self.progress,
-                       dynamic_ncols=True)
+            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True,
+                       total=max(1, len(items) // cfg.batch_size),  # epoch_index_batches drops a partial last
+                       disable=None if self.progress else True)  # None: only on a terminal
             for inputs, labels in bar:  # image features, or images for an image-prompted model
                 inputs, labels = inputs.to(device), labels.to(device)
                 if self.world > 1:  # this rank's slice of the global batch; gradients averaged in step()
@@ -237,6 +247,7 @@ class Trainer:
                         self.optimizer.step()
                         continue
                 loss, logits = self.method.training_step(self.model, inputs, labels, self.optimizer)
+                self._stop_if_not_finite(epoch, lr, loss)
                 total_loss += float(loss.detach()) * len(labels)
                 correct += int((logits.argmax(dim=-1) == labels).sum())
                 seen += len(labels)
@@ -245,6 +256,7 @@ class Trainer:
             correct, seen = int(correct), int(seen)
             self.model.eval()
             self.method.end_epoch(self.model, epoch, cfg.epochs)  # e.g. PromptSRC's prompt aggregation
+            self._stop_if_not_finite(epoch, lr)
             record = self._epoch_record(epoch, lr, total_loss, correct, seen)
             if evaluate is not None and cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0
                                                             or epoch + 1 == cfg.epochs):
@@ -266,6 +278,24 @@ class Trainer:
             })
         self.method.end_training(self.model, cfg.epochs)
         return history
+
+    def _stop_if_not_finite(self, epoch: int, lr: float, loss: torch.Tensor | None = None) -> None:
+        """The first NaN/inf loss (``loss`` given) or learned tensor ends the run, before anything non-finite
+        reaches a checkpoint or an adapter; the last good checkpoint stays as it is."""
+        if loss is not None:
+            if bool(torch.isfinite(loss.detach()).all()):
+                return
+            what = f"the loss is {float(loss.detach().float().sum())}"
+        else:
+            tensors = self.model.learnable_state() | self.method.training_state()
+            bad = [name for name, t in tensors.items() if not bool(torch.isfinite(t).all())]
+            if not bad:
+                return
+            what = f"learned tensor(s) {', '.join(bad[:3])} hold NaN/inf"
+        kept = (f"the last good checkpoint {self.checkpoint_path} is kept" if self.checkpoint_path.exists()
+                else "no checkpoint was written")
+        raise DipclipError(f"training diverged in epoch {epoch + 1}: {what} at lr {lr:.3g}; {kept}; lower --lr "
+                           f"(e.g. --lr {self.optim.lr / 10:g}) and train into a new --out")
 
     def _epoch_record(self, epoch: int, lr: float, total_loss: float, correct: int, seen: int) -> dict:
         context = self.model.context
