@@ -8,8 +8,8 @@ and starts from the official initial learned tensors where those are random, so 
 the model, loss, gradient and update math. Tolerances: 1e-5 on logits and losses (absolute, plus 1e-5 of
 the largest magnitude), 1e-4 relative to the largest magnitude on gradients and updates.
 
-Where dipclip still differs from the authors, the test is written as it should pass and marked
-``xfail(strict=True)`` with the reason, so it turns into a failure (remove the mark) once fixed.
+Where dipclip differed from the authors (the audit's findings), a test here pins the authors' behaviour:
+each passed only once the fix landed (written first as a strict xfail naming the official file and line).
 """
 
 from __future__ import annotations
@@ -293,8 +293,6 @@ def test_coop_random_init_is_n0_002(backbone, case_name):
     assert math.isclose(std, 0.02, rel_tol=0.15) and math.isclose(case["init_std"], 0.02, rel_tol=0.15)
 
 
-@pytest.mark.xfail(strict=True, reason="dipclip repeats one N(0, 0.02) context for every class; CoOp draws "
-                   "torch.empty(n_cls, n_ctx, dim) with normal_(std=0.02): one per class (trainers/coop.py ~87-93)")
 def test_coop_class_specific_random_init_draws_one_context_per_class(backbone):
     case = golden("coop")["cases"]["csc_rand4"]
     assert case["csc_rows_identical"] is False
@@ -331,17 +329,7 @@ def test_cocoop_logits_loss_gradients_and_updates(backbone, data):
 
 # ------------------------------------------------------------------------------------------- KgCoOp / ProGrad
 
-HAS_TEMPLATE_FIELD = "template" in PromptConfig.__dataclass_fields__
 DATASET_KEYS = {"OxfordPets": "oxford_pets", "DescribableTextures": "dtd"}
-
-
-def with_template(method, template: str, **prompt) -> PromptConfig:
-    """The method's config with an explicit hand-crafted template (a config field once the per-dataset
-    templates landed, the method's ``template`` attribute before)."""
-    if HAS_TEMPLATE_FIELD:
-        return method.prompt_config(template=template, **prompt)
-    method.template = template
-    return method.prompt_config(**prompt)
 
 
 @pytest.mark.parametrize("dataset", ["OxfordPets", "DescribableTextures"])
@@ -349,11 +337,9 @@ def test_kgcoop_logits_loss_gradients_and_updates(backbone, data, dataset):
     case = golden("kgcoop")["cases"][dataset]
     images, _, batches = data
     method = get_method("kgcoop")
-    model = method.build(backbone, tiny.CLASSNAMES, with_template(method, case["template"], n_ctx=4,
-                                                                  init_text="a photo of a"))
-    weight_name = "kg_weight" if hasattr(method, "kg_weight") else "weight"  # W's name since the recipes landed
-    assert getattr(method, weight_name) == case["w"]  # the default is the published W = 8
-    setattr(method, weight_name, case["w"])
+    assert PromptConfig().kg_weight == case["w"]  # the default is the published W = 8
+    model = method.build(backbone, tiny.CLASSNAMES, method.prompt_config(
+        template=case["template"], n_ctx=4, init_text="a photo of a", kg_weight=case["w"]))
     assert_close(model.context.ctx, case["learned"]["prompt_learner.ctx"]["init"], "KgCoOp init", 0.0, 0.0)
     assert_close(method.anchor_features(model), case["anchor_features"], "KgCoOp anchors", LOGIT_TOL, LOGIT_TOL)
     with torch.no_grad():
@@ -364,8 +350,6 @@ def test_kgcoop_logits_loss_gradients_and_updates(backbone, data, dataset):
     check_training(case, run, named, names={"context.ctx": "prompt_learner.ctx"})
 
 
-@pytest.mark.xfail(strict=True, reason="dipclip's KgCoOp anchors use 'a photo of a {}.' for every dataset; "
-                   "KgCoOp uses its per-dataset CUSTOM_TEMPLATES (KgCoOp/trainers/kgcoop.py ~37-54)")
 @pytest.mark.parametrize("dataset", ["OxfordPets", "DescribableTextures"])
 def test_kgcoop_default_anchors_are_the_official_ones(backbone, dataset):
     case = golden("kgcoop")["cases"][dataset]
@@ -388,7 +372,7 @@ def _prograd_model(backbone, case: dict, **extra):
     from dipclip.prompts import ClassPrompts
 
     method = get_method("prograd")
-    model = method.build(backbone, tiny.CLASSNAMES, with_template(method, case["template"], n_ctx=16,
+    model = method.build(backbone, tiny.CLASSNAMES, method.prompt_config(template=case["template"], n_ctx=16,
                                                                   init_text="", **extra))
     prefix = case["template"].replace(" {}.", "")
     words, tokens = prefix.split(" "), backbone.tokenizer.encode(prefix)
@@ -419,28 +403,16 @@ def test_prograd_logits_teacher_loss_projected_gradients_and_updates(backbone, d
     check_training(case, run, named, loss_key="xe_loss", names={"context.ctx": "prompt_learner.ctx"})
 
 
-HAS_PROGRAD_LAMBDA = "prograd_lambda" in PromptConfig.__dataclass_fields__
-
-
-@pytest.mark.xfail(strict=True, reason="dipclip's ProGrad always removes the whole conflicting component; the "
-                   "authors scale it by LOSS.LAMBDA (0.8 for DTD/Flowers/EuroSAT at 8/16 shots; "
-                   "Dassl.ProGrad.pytorch/dassl/engine/trainer.py ~342-345)")
 def test_prograd_lambda_scales_the_projection(backbone, data):
     case = golden("prograd")["cases"]["OxfordPets_l0.8"]
     assert case["lambda"] == 0.8 and case["conflict_cosine"][0][0] < 0  # the projection acts at step 0
     _, _, batches = data
-    extra = {"prograd_lambda": 0.8} if HAS_PROGRAD_LAMBDA else {}
-    method, model = _prograd_model(backbone, case, **extra)
-    if hasattr(method, "prograd_lambda"):  # LAMBDA as a method option (the recipes' way)
-        method.prograd_lambda = 0.8
+    method, model = _prograd_model(backbone, case, prograd_lambda=0.8)
     named = {"context.ctx": model.context.ctx}
     run = run_steps(method, model, batches, case, named)
     check_training(case, run, named, loss_key="xe_loss", names={"context.ctx": "prompt_learner.ctx"})
 
 
-@pytest.mark.xfail(strict=True, reason="dipclip's ProGrad context is 'a photo of a' (4 tokens) and its teacher "
-                   "'a photo of a {}.'; ProGrad's is 16 tokens, zeros then the dataset template's prefix "
-                   "embeddings, counted in words (ProGrad.public/trainers/prograd.py ~78-95, templates ~201-217)")
 def test_prograd_default_context_and_teacher_are_the_official_ones(backbone, data):
     case = golden("prograd")["cases"]["OxfordPets"]
     images, _, _ = data
@@ -527,9 +499,9 @@ def _promptsrc_names(depth: int) -> dict[str, str]:
     return {ours: PROMPTSRC_PREFIX + theirs for ours, theirs in names.items()}
 
 
-def test_promptsrc_frozen_features_logits_loss_gradients_updates_and_gpa(backbone, data, monkeypatch):
+def test_promptsrc_frozen_features_logits_loss_gradients_updates_and_gpa(backbone, data):
     """Cross-dataset recipe (depth 3+3, losses 25/10), 2 epochs with the GPA model loaded at the end; dipclip
-    aggregates with the official GPA weights of that run (GPA_MEAN 6, GPA_STD 10 over E = 2)."""
+    aggregates with GPA_MEAN 6, GPA_STD 10 over E = 2, as the official run."""
     from dipclip.methods import promptsrc as promptsrc_module
 
     case = golden("promptsrc")["cases"]["cross_datasets_e2"]
@@ -538,8 +510,9 @@ def test_promptsrc_frozen_features_logits_loss_gradients_updates_and_gpa(backbon
     assert list(promptsrc_module.PROMPTSRC_TEMPLATES) == case["templates"]
     method = get_method("promptsrc")
     assert (method.text_weight, method.image_weight) == (case["text_loss_weight"], case["image_loss_weight"])
-    model = method.build(backbone, tiny.CLASSNAMES, method.prompt_config(n_ctx=4, init_text="a photo of a",
-                                                                         prompt_depth=3))
+    gpa = golden("promptsrc")["configs"]["vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets"]
+    model = method.build(backbone, tiny.CLASSNAMES, method.prompt_config(
+        n_ctx=4, init_text="a photo of a", prompt_depth=3, gpa_mean=gpa["gpa_mean"], gpa_std=gpa["gpa_std"]))
     assert_close(method.frozen_text(model), case["frozen_text_features"], "frozen text features", LOGIT_TOL, LOGIT_TOL)
     names = _promptsrc_names(3)
     named = dict(model.named_parameters())
@@ -551,7 +524,8 @@ def test_promptsrc_frozen_features_logits_loss_gradients_updates_and_gpa(backbon
         logits = model.logits(images[: tiny.BATCH])
     assert_close(logits, case["logits_step0"], "logits at step 0", LOGIT_TOL, LOGIT_TOL)
     named = {ours: named[ours] for ours in names}
-    monkeypatch.setattr(promptsrc_module, "gpa_weights", lambda *args, **kwargs: case["gpa_weights_train"])
+    assert promptsrc_module.gpa_weights(tiny.TRAIN_EPOCHS, gpa["gpa_mean"], gpa["gpa_std"]) == \
+        pytest.approx(case["gpa_weights_train"], rel=1e-12)
     epochs = tiny.TRAIN_EPOCHS
     method.load_training_state({})
     run = run_steps(method, model, batches, case, named,
@@ -560,24 +534,13 @@ def test_promptsrc_frozen_features_logits_loss_gradients_updates_and_gpa(backbon
     check_training(case, run, named, names=names)
 
 
-HAS_GPA_FIELDS = "gpa_mean" in PromptConfig.__dataclass_fields__
-
-
 @pytest.mark.parametrize("config", ["vit_b16_c2_ep20_batch4_4+4ctx", "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets",
                                     "vit_b16_c2_ep50_batch4_4+4ctx_few_shot"])
 def test_promptsrc_gpa_weights_are_the_official_ones(config):
-    import inspect
-
     from dipclip.methods.promptsrc import gpa_weights
 
     official = golden("promptsrc")["configs"][config]
-    if len(inspect.signature(gpa_weights).parameters) >= 3 or HAS_GPA_FIELDS:  # mean and std are settings
-        ours = gpa_weights(official["max_epoch"], official["gpa_mean"], official["gpa_std"])
-    elif official["gpa_mean"] != 0.75 * official["max_epoch"] or official["gpa_std"] != 1:
-        pytest.xfail("dipclip's GPA is mean 0.75*E, std 1 (the base-to-new 15/1 at E=20) for every run; the "
-                     f"{config} config uses {official['gpa_mean']}/{official['gpa_std']} (PromptSRC configs)")
-    else:
-        ours = gpa_weights(official["max_epoch"])
+    ours = gpa_weights(official["max_epoch"], official["gpa_mean"], official["gpa_std"])
     assert ours == pytest.approx(official["gpa_weights"], rel=1e-9, abs=1e-300)
 
 
@@ -613,9 +576,6 @@ def test_dept_recipe_and_param_groups():
     assert case["steps"][-1]["lr"][0] == [case["lr"], case["lr"] * case["lr_exp"]]
 
 
-@pytest.mark.xfail(strict=True, reason="dipclip feeds L2-normalised image features to the cwT + linear head; DePT "
-                   "feeds the raw projected features (Koorye/DePT trainers/elp_coop.py _forward_feats/"
-                   "_forward_logits_linear_probe, ~86-124)")
 def test_dept_logits_loss_gradients_and_updates(backbone, data):
     case = golden("dept")["cases"]["base"]
     images, _, batches = data
@@ -645,8 +605,6 @@ def test_dept_keeps_its_head_on_imagenet_with_all_classes():
     assert case["logits_step0"] == base["logits_step0"]  # the same fused path as base-to-new training classes
 
 
-@pytest.mark.xfail(strict=True, reason="dipclip draws every MaPLe projection independently; MaPLe's deep maps are "
-                   "_get_clones (copy.deepcopy) of one Linear, the layer-0 map its own (trainers/maple.py ~118-125)")
 def test_maple_deep_projections_start_as_copies_of_one_linear(wide_backbone):
     method = get_method("maple")
     model = method.build(wide_backbone, tiny.CLASSNAMES, method.prompt_config(prompt_depth=3))
@@ -678,3 +636,49 @@ def test_optimiser_settings_are_the_official_ones(method_name):
     assert (ours.optimizer, ours.lr, ours.momentum, ours.weight_decay) == \
         (official["name"], official["lr"], official["momentum"], official["weight_decay"])
     assert (ours.warmup_epochs, ours.warmup_lr) == (official["warmup_epoch"], official["warmup_cons_lr"])
+
+
+# ------------------------------------------------------------------------------------------- recipes
+
+
+def _official_recipe(method: str, protocol: str) -> dict:
+    """The values the authors' config files gave, as their own yacs/Dassl read them (recorded in golden)."""
+    def common(optim: dict) -> dict:
+        return {"train.epochs": optim["max_epoch"], "train.batch_size": optim["batch_size"], "optim.lr": optim["lr"],
+                "optim.momentum": optim["momentum"], "optim.weight_decay": optim["weight_decay"],
+                "optim.warmup_epochs": optim["warmup_epoch"], "optim.warmup_lr": optim["warmup_cons_lr"]}
+
+    if method in ("coop", "cocoop", "kgcoop", "dept"):
+        file, case = {"coop": ("coop", "ctxv1"), "cocoop": ("cocoop", "c4_ctxv1"), "kgcoop": ("kgcoop", "OxfordPets"),
+                      "dept": ("dept", "base")}[method]
+        entry = golden(file)["cases"][case]
+        ctx = next(v for k, v in entry["learned"].items() if k.endswith("prompt_learner.ctx"))
+        values = common(entry["optim"]) | {"prompt.n_ctx": ctx["init"]["shape"][-2]}
+        if method == "kgcoop":
+            values["method.kg_weight"] = entry["w"]
+        return values
+    if method == "maple":
+        entry = golden("maple")["cases"]["base_to_new" if protocol == "base2new" else "cross_datasets"]
+        n_ctx = entry.get("n_ctx") or entry["learned"]["MultiModalPromptLearner.prompt_learner.ctx"]["init"]["shape"][0]
+        return common(entry["optim"]) | {"prompt.prompt_depth": entry["depth"], "prompt.n_ctx": n_ctx}
+    name = {"base2new": "vit_b16_c2_ep20_batch4_4+4ctx", "xd": "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets",
+            "fewshot": "vit_b16_c2_ep50_batch4_4+4ctx_few_shot"}[protocol]
+    entry = golden("promptsrc")["configs"][name]
+    assert entry["depth_text"] == entry["depth_vision"] and entry["n_ctx_vision"] == 4
+    return common(entry["optim"]) | {"prompt.prompt_depth": entry["depth_text"], "prompt.n_ctx": entry["n_ctx_text"],
+                                     "method.gpa_mean": entry["gpa_mean"], "method.gpa_std": entry["gpa_std"]}
+
+
+@pytest.mark.parametrize(("method", "protocol", "dataset"), [
+    ("coop", "base2new", None), ("cocoop", "base2new", None), ("kgcoop", "base2new", None),
+    ("maple", "base2new", None), ("maple", "xd", None), ("promptsrc", "base2new", None), ("promptsrc", "xd", None),
+    ("promptsrc", "fewshot", "oxford_pets"), ("dept", "base2new", None)])
+def test_recipe_is_the_authors_config(method, protocol, dataset):
+    """dipclip's shipped recipe has every number the authors' config file sets (the few-shot PromptSRC yaml's
+    GPA 30/30 is the one its docs give Pets, among others)."""
+    from dipclip.recipes import resolve_recipe
+
+    recipe = resolve_recipe(method, protocol, dataset)
+    official = _official_recipe(method, protocol)
+    ours = {key: recipe.get(key) for key in official}
+    assert ours == official
