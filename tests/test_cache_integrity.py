@@ -133,7 +133,7 @@ def test_another_views_entry_copied_over_is_refused(tmp_path, tiny_backbone, tes
 
 
 def test_a_zeroed_entry_gives_the_true_accuracy_not_zero_images(tmp_path, tiny_config_path, image_tree, capsys):
-    options = dict(model=str(tiny_config_path), data=str(image_tree), dataset="imagefolder")
+    options = dict(model=str(tiny_config_path), pretrained="none", data=str(image_tree), dataset="imagefolder")
     first = api.zeroshot(**options)
     cache = Path(os.environ["DIPCLIP_CACHE_DIR"]) / "features"
     (entry,) = cache.glob("test-*.safetensors")

@@ -23,8 +23,8 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def _train(tiny_config_path, image_tree, out, **kwargs):
-    options = dict(model=str(tiny_config_path), data=str(image_tree), dataset="imagefolder", shots=2, epochs=3,
-                   batch_size=2, out=out, progress=False) | kwargs
+    options = dict(model=str(tiny_config_path), pretrained="none", data=str(image_tree), dataset="imagefolder",
+                   shots=2, epochs=3, batch_size=2, out=out, progress=False) | kwargs
     return api.train("coop", **options)
 
 

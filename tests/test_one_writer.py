@@ -119,8 +119,8 @@ def test_a_refused_run_leaves_no_empty_folder_and_a_finished_one_no_lock_file(tm
                   out=tmp_path / "never" / "deeper", progress=False)
     assert not (tmp_path / "never").exists()
     out = tmp_path / "run"
-    api.train("coop", model=str(tiny_config_path), data=str(image_tree), dataset="imagefolder", shots=1, epochs=1,
-              batch_size=2, out=out, progress=False)
+    api.train("coop", model=str(tiny_config_path), pretrained="none", data=str(image_tree), dataset="imagefolder",
+              shots=1, epochs=1, batch_size=2, out=out, progress=False)
     assert (out / "metrics.json").is_file() and not (out / LOCK_NAME).exists()
 
 
