@@ -23,8 +23,8 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def _train(tiny_config_path, image_tree, out, **kwargs):
-    options = dict(model=str(tiny_config_path), pretrained="none", data=str(image_tree), dataset="imagefolder", shots=2, epochs=3,
-                   batch_size=2, out=out, progress=False) | kwargs
+    options = dict(model=str(tiny_config_path), pretrained="none", data=str(image_tree), dataset="imagefolder",
+                   shots=2, epochs=3, batch_size=2, out=out, progress=False) | kwargs
     return api.train("coop", **options)
 
 
@@ -148,7 +148,7 @@ def test_loading_an_adapter_with_a_non_finite_tensor_is_refused(adapter_dir, val
     with pytest.raises(DipclipError, match=f"{name} hold NaN/inf, so every prediction would be meaningless"):
         load_adapter(adapter_dir)
     with pytest.raises(DipclipError, match="hold NaN/inf"):
-        api.evaluate(adapter_dir, model=str(tiny_config_path), pretrained="none", data=str(image_tree), dataset="imagefolder")
+        api.evaluate(adapter_dir, model=str(tiny_config_path), data=str(image_tree), dataset="imagefolder")
 
 
 @pytest.mark.parametrize("content", [b"", b"\x00" * 64, b"not a safetensors file at all", b"\xff" * 8 + b"{}"])

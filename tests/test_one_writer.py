@@ -54,7 +54,7 @@ def test_train_into_a_folder_another_process_writes_is_refused(holder, tmp_path,
     (out / "metrics.json").write_text('{"results": "the other run"}')
     process = holder(out)
     with pytest.raises(DipclipError, match=rf"--out {out} is in use by another dipclip run \(pid {process.pid} on "):
-        api.train("coop", model=str(tiny_config_path), pretrained="none", data=str(image_tree), dataset="imagefolder", shots=2,
+        api.train("coop", model=str(tiny_config_path), data=str(image_tree), dataset="imagefolder", shots=2,
                   epochs=1, out=out, progress=False)
     assert (out / "metrics.json").read_text() == '{"results": "the other run"}'  # nothing of the other run lost
     for call in (lambda: api.evaluate(tmp_path / "nope", out=out), lambda: api.zeroshot(out=out)):
@@ -115,12 +115,12 @@ def test_a_refused_run_leaves_no_empty_folder_and_a_finished_one_no_lock_file(tm
     from dipclip import api
 
     with pytest.raises(DipclipError):
-        api.train("coop", model=str(tiny_config_path), pretrained="none", data=str(tmp_path / "missing"), dataset="imagefolder",
+        api.train("coop", model=str(tiny_config_path), data=str(tmp_path / "missing"), dataset="imagefolder",
                   out=tmp_path / "never" / "deeper", progress=False)
     assert not (tmp_path / "never").exists()
     out = tmp_path / "run"
-    api.train("coop", model=str(tiny_config_path), pretrained="none", data=str(image_tree), dataset="imagefolder", shots=1, epochs=1,
-              batch_size=2, out=out, progress=False)
+    api.train("coop", model=str(tiny_config_path), pretrained="none", data=str(image_tree), dataset="imagefolder",
+              shots=1, epochs=1, batch_size=2, out=out, progress=False)
     assert (out / "metrics.json").is_file() and not (out / LOCK_NAME).exists()
 
 

@@ -274,8 +274,8 @@ def test_shots_above_a_class_count_warn_once_with_the_counts_and_go_into_metrics
     root, rows = dataset
     rows["train"] = [x for x in rows["train"] if not (x[1] == 2 and x[0].endswith("1.png"))]  # fox: 1 image
     save(root, rows)
-    metrics = api.train("coop", model=str(tiny_config_path), pretrained="none", data=str(root), dataset="imagefolder", shots=2,
-                        epochs=1, batch_size=2, out=tmp_path / "run", progress=False)
+    metrics = api.train("coop", model=str(tiny_config_path), pretrained="none", data=str(root), dataset="imagefolder",
+                        shots=2, epochs=1, batch_size=2, out=tmp_path / "run", progress=False)
     line = "--shots 2, but 1 of 3 classes have fewer training images ('fox' 1); they train on all they have"
     assert metrics["data_warnings"] == [line]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["data_warnings"] == [line]
