@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -87,17 +88,14 @@ def image_tree(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def _session_cache(tmp_path_factory):
-    """Module- and session-scoped fixtures run before the per-test isolation below: their caches go to a
-    session folder too, never to ~/.cache/dipclip (which other checkouts' test runs may fill)."""
-    import os
-
-    saved = os.environ.get("DIPCLIP_CACHE_DIR")
+    """Module- and session-scoped fixtures run before the per-test cache below: they get their own."""
+    previous = os.environ.get("DIPCLIP_CACHE_DIR")
     os.environ["DIPCLIP_CACHE_DIR"] = str(tmp_path_factory.mktemp("session-cache"))
     yield
-    if saved is None:
+    if previous is None:
         os.environ.pop("DIPCLIP_CACHE_DIR", None)
     else:
-        os.environ["DIPCLIP_CACHE_DIR"] = saved
+        os.environ["DIPCLIP_CACHE_DIR"] = previous
 
 
 @pytest.fixture(autouse=True)

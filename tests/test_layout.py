@@ -19,6 +19,7 @@ PACKAGE_ROOT = Path(dipclip.__file__).resolve().parent
 # Floors from the bottom up; a module may import its own floor and the ones below, never above.
 FLOORS = [
     ("errors", "paths", "files"),
+    ("recipes",),  # data files and their reader
     ("backbones",),
     ("prompts",),
     ("methods", "density"),

@@ -168,8 +168,7 @@ def load_backbone(
     of reading that file, so an adapter evaluates from any folder.
     """
     torch_device = device if isinstance(device, torch.device) else resolve_device(device)
-    if pretrained is None:
-        raise DipclipError(_missing_weights_message(model))
+    require_weights(model, pretrained)
     if embedded.is_embedded(pretrained) and model is not None:
         raise DipclipError(f"--pretrained {pretrained} is dipclip's own model with its own architecture; "
                            f"drop --model {model}, or give weights for {model} with --pretrained TAG|FILE")
@@ -204,6 +203,12 @@ def load_backbone(
     if announce and os.environ.get("RANK", "0") == "0":
         print(weights_line(backbone), file=sys.stderr, flush=True)
     return backbone
+
+
+def require_weights(model: str | None, pretrained: str | None) -> None:
+    """Refuse a backbone without ``pretrained``: random weights only when asked for with ``"none"``."""
+    if pretrained is None:
+        raise DipclipError(_missing_weights_message(model))
 
 
 def _missing_weights_message(model: str | None) -> str:

@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Sequence
 
 from ..errors import DipclipError
-from . import adapter, analysis, data, demo, evaluate, protocols, train
+from . import adapter, analysis, data, demo, evaluate, protocols, recipes, train
 from .common import FORMATTER, OneLineErrorParser
 
 
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dipclip {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineErrorParser)
 
-    for family in (train, evaluate, adapter, demo, protocols, analysis, data):
+    for family in (train, evaluate, adapter, demo, protocols, analysis, data, recipes):
         family.add_commands(sub)
     return parser
 
