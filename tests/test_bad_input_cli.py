@@ -547,6 +547,35 @@ def test_a_deeply_nested_split_file_is_named(tiny_config_path, image_tree, tmp_p
     assert_refused(code, err, str(split), "nested too deeply")
 
 
+
+@pytest.mark.parametrize("kind", ["a FIFO", "a symlink loop", "a folder"])
+def test_predict_refuses_images_that_are_not_files_before_loading_a_model(kind, tmp_path, capsys):
+    path = tmp_path / "photo.png"
+    {"a FIFO": lambda: os.mkfifo(path), "a symlink loop": lambda: path.symlink_to(path.name),
+     "a folder": path.mkdir}[kind]()
+    code, _, err = run(["predict", path, "--classes", "a,b", "--pretrained", "dipclip-tiny"], capsys)
+    expected = {"a FIFO": "not a regular file", "a symlink loop": "symlink loop", "a folder": "is a folder"}[kind]
+    assert str(path) in assert_refused(code, err, expected)
+    assert "weights:" not in err  # refused before the model was loaded (a FIFO would have hung the decoder)
+
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--dataset", "demo"], "no backbone given"),
+    (["--dataset", "demo", "--pretrained", "dipclip-tiny", "--device", "tpu9"], "unknown device 'tpu9'"),
+    (["--dataset", "demo", "--workers", "-2"], "--workers: must be >= 0"),
+    (["--pretrained", "dipclip-tiny"], "the following arguments are required: --dataset"),
+])
+def test_the_encode_tool_has_the_same_boundary(argv, expected, capsys):
+    from dipclip.cli.encode import main as encode
+
+    try:
+        code = encode(argv)
+    except SystemExit as exit_info:
+        code = exit_info.code
+    assert_refused(code, capsys.readouterr().err, expected)
+
+
 # ---- item 8: words the shipped small model does not know ------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ Every function writes its outputs into ``out`` (when given) and returns the same
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -32,6 +33,7 @@ from .engine.features import feature_store
 from .engine.reproducibility import atomic_write_bytes, atomic_write_json
 from .engine.trainer import TrainConfig, Trainer
 from .errors import DipclipError
+from .files import check_regular_file
 from .methods import OptimConfig, PromptConfig, PromptMethod, get_method, with_prompt
 from .methods.zeroshot import ENSEMBLE_TEMPLATES, zeroshot_text_features
 from .paths import cache_root
@@ -470,6 +472,9 @@ def predict(
 
     if not images:
         raise DipclipError("no images given; pass one or more image files")
+    for path in images:  # before any model is loaded; a FIFO or device would block the decoder forever
+        if os.path.lexists(path):
+            check_regular_file(path, "image", "give image files")
     if top_k < 1:
         raise DipclipError(f"--top-k must be >= 1, got {top_k}")
     if classnames is None and dataset is not None:
