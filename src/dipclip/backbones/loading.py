@@ -174,7 +174,7 @@ def load_backbone(
                            f"drop --model {model}, or give weights for {model} with --pretrained TAG|FILE")
     if embedded.is_embedded(pretrained):
         clip_model, tokenizer, identity, name = embedded.load_embedded(pretrained)
-    elif _looks_like_file(pretrained):
+    elif pretrained != "none" and _looks_like_file(pretrained):  # a file called "none" is not weights
         clip_model, tokenizer, identity, name = _from_weights_file(model, pretrained, model_config)
     elif model is None:
         raise DipclipError(
@@ -197,7 +197,9 @@ def load_backbone(
         model=clip_model, text=text, tokenizer=tokenizer, name=name, pretrained=pretrained,
         identity=identity, image_size=image_size, mean=mean, std=std, model_arg=model,
         model_config=model_config if model_config is not None else _config_of(model),
-        weights_file=os.path.abspath(os.path.expanduser(pretrained)) if _is_file(pretrained) else None,
+        weights_file=(os.path.abspath(os.path.expanduser(pretrained))
+                      if pretrained != "none" and not embedded.is_embedded(pretrained) and _is_file(pretrained)
+                      else None),
         known_tokens=embedded.embedded_vocabulary(pretrained) if embedded.is_embedded(pretrained) else None,
     )
     if announce and os.environ.get("RANK", "0") == "0":
