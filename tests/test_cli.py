@@ -77,9 +77,10 @@ def test_bad_input_files_are_one_line_errors(tmp_path, tiny_config_path, image_t
         (["predict", not_an_image, "--classes", "cat,dog", "--model", tiny_config_path, "--pretrained", "none"], "cannot decode image"),
         (["predict", tmp_path / "nope.png", "--classes", "cat,dog", "--model", tiny_config_path, "--pretrained", "none"], "image not found"),
         (["eval", "--adapter", tmp_path, "--data", image_tree, "--dataset", "imagefolder"], "not an adapter folder"),
-        (["train", "--pretrained", tmp_path / "ViT-B-16.pt", "--data", image_tree, "--dataset", "imagefolder"],
-         "weights file not found"),
+        (["train", "--pretrained", tmp_path / "ViT-B-16.pt", "--data", image_tree, "--dataset", "imagefolder",
+          "--shots", "2", "--out", tmp_path / "r1"], "weights file not found"),
         (["train", "--model", tiny_config_path, "--pretrained", "none", "--data", image_tree, "--dataset", "imagefolder",
+          "--shots", "2",
           "--init-text", "a photo of a", "--n-ctx", "3", "--out", tmp_path / "r2"], "has 4 tokens but n_ctx is 3"),
     ]
     for argv, expected in cases:

@@ -198,8 +198,9 @@ def test_promptsrc_trains_aggregates_and_resumes(tmp_path, deep_config_path, dee
                                                  kill_after_first_epoch):
     from safetensors.torch import load_file
 
-    common = dict(model=str(deep_config_path), pretrained="none", data=str(image_tree), dataset="imagefolder", shots=2, epochs=2,
-                  batch_size=3, progress=False, subsample="base")
+    common = dict(model=str(deep_config_path), pretrained="none", data=str(image_tree), dataset="imagefolder",
+                  shots=2, epochs=2, batch_size=3, progress=False, subsample="base",
+                  gpa_mean=1.5, gpa_std=1.0)  # equal weights on the 2 epochs (the recipe: 15 and 1 for 20 epochs)
     for method in ("promptsrc", "promptsrc+dip"):
         metrics = api.train(method, out=tmp_path / method, **common)
         assert set(metrics["results"]) == {"base", "new"} and metrics["config"]["optim"]["lr"] == 0.0025
@@ -246,3 +247,77 @@ def test_promptsrc_vision_prompts_as_dip_option(deep_backbone):
     assert plain_dip.num_trainable() - b.num_trainable() == saved
     with torch.no_grad():
         assert (a.logits(images) - b.logits(images)).abs().max() <= 1e-5
+
+
+def test_maple_deep_projections_start_identical_and_the_first_is_its_own(deep_backbone):
+    """MaPLe's code: ``proj`` (layer 0) is its own Linear; the deep projections are deep copies of one Linear."""
+    maple = get_method("maple")
+    model = maple.build(deep_backbone, NAMES, maple.prompt_config())
+    first, *deep = model.projections
+    assert len(deep) == LAYERS - 1
+    for layer in deep[1:]:
+        assert torch.equal(layer.weight, deep[0].weight) and torch.equal(layer.bias, deep[0].bias)
+        assert layer.weight.data_ptr() != deep[0].weight.data_ptr()  # copies, trained apart
+    assert not torch.equal(first.weight, deep[0].weight)
+    with torch.random.fork_rng(devices=[]):  # the two draws, made directly
+        torch.manual_seed(0)
+        a = torch.nn.Linear(deep_backbone.text.width, VisionTower(deep_backbone.model).width)
+        b = torch.nn.Linear(deep_backbone.text.width, VisionTower(deep_backbone.model).width)
+    assert torch.equal(first.weight, a.weight) and torch.equal(deep[0].weight, b.weight)
+
+
+def test_promptsrc_gpa_weights_come_from_the_config():
+    from dipclip.methods.promptsrc import gpa_weights
+
+    raw = [torch.exp(torch.tensor(-0.5 * ((e - 2.0) / 0.5) ** 2)).item() for e in (1, 2, 3)]
+    assert gpa_weights(3, 2.0, 0.5) == pytest.approx([w / sum(raw) for w in raw])
+    assert gpa_weights(20) == pytest.approx(gpa_weights(20, 15.0, 1.0))  # default mean 0.75 * epochs
+    with pytest.raises(DipclipError, match="weight 0"):
+        gpa_weights(3, 1e6, 0.1)
+
+
+def test_promptsrc_dip_gpa_averages_merged_prompts(tmp_path, deep_backbone):
+    """GPA with DIP: the aggregated model's prompts are sum_e w_e (P0 + A_e @ B_e), not P0 + mean(A) @ mean(B),
+    and the adapter round-trips that model."""
+    from dipclip.adapters import load_adapter, model_from_adapter, save_adapter
+    from dipclip.methods.promptsrc import gpa_weights
+
+    src = get_method("promptsrc+dip")
+    cfg = src.prompt_config(gpa_mean=2.0, gpa_std=0.7, vision_dip=True)
+    model = src.build(deep_backbone, NAMES, cfg)
+    trained = model.num_trainable()
+    modules = {"context": model.context, **{f"deep_text.{i}": m for i, m in enumerate(model.deep_text)},
+               **{f"vision_ctx.{i}": m for i, m in enumerate(model.vision_ctx)}}
+    weights = gpa_weights(3, 2.0, 0.7)
+    generator = torch.Generator().manual_seed(0)
+    expected = {name: torch.zeros_like(m.base, dtype=torch.float64) for name, m in modules.items()}
+    naive_a = {name: torch.zeros_like(m.A, dtype=torch.float64) for name, m in modules.items()}
+    naive_b = {name: torch.zeros_like(m.B, dtype=torch.float64) for name, m in modules.items()}
+    for epoch in range(3):
+        with torch.no_grad():
+            for name, m in modules.items():  # stand-ins for each epoch's trained factors
+                m.A.copy_(torch.randn(m.A.shape, generator=generator))
+                m.B.copy_(torch.randn(m.B.shape, generator=generator) * 0.1)
+                expected[name] += weights[epoch] * (m.base + m.A @ m.B).double()
+                naive_a[name] += weights[epoch] * m.A.double()
+                naive_b[name] += weights[epoch] * m.B.double()
+        src.end_epoch(model, epoch, 3)
+    src.end_training(model, 3)
+    folded = {"context": model.context, **{f"deep_text.{i}": m for i, m in enumerate(model.deep_text)},
+              **{f"vision_ctx.{i}": m for i, m in enumerate(model.vision_ctx)}}
+    for name, m in folded.items():
+        assert m.kind == "dip-gpa"
+        assert torch.allclose(m.merged().double(), expected[name], atol=1e-6), name
+        naive = modules[name].base.double() + naive_a[name] @ naive_b[name]
+        assert (naive - expected[name]).abs().max() > 1e-3  # averaging A and B apart is another model
+    assert model.num_trainable() == trained
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        logits = model.eval().logits(images)
+    save_adapter(tmp_path / "adapter", "promptsrc+dip", model)
+    loaded = load_adapter(tmp_path / "adapter")
+    assert loaded.config["trainable_params"] == trained
+    again = model_from_adapter(loaded, deep_backbone, NAMES)
+    with torch.no_grad():
+        assert torch.allclose(again.logits(images), logits, atol=1e-5)
+    assert torch.allclose(again.context.merged().double(), expected["context"], atol=1e-6)

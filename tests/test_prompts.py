@@ -54,6 +54,19 @@ def test_class_specific_context_trains_per_class(tiny_backbone):
         model.set_classnames(["a", "b"])
 
 
+def test_class_specific_random_context_is_an_independent_draw_per_class(tiny_backbone):
+    """CoOp's CSC random init: one N(0, 0.02) context per class, not one context repeated."""
+    m = get_method("coop")
+    cfg = m.prompt_config(class_specific=True, init_text="", n_ctx=4, init_seed=3)
+    ctx = m.build(tiny_backbone, NAMES, cfg).context.ctx.detach()
+    expected = torch.randn(len(NAMES), 4, 64, generator=torch.Generator().manual_seed(3)) * 0.02
+    assert ctx.shape == (len(NAMES), 4, 64)
+    assert torch.equal(ctx, expected)
+    assert not torch.equal(ctx[0], ctx[1]) and not torch.equal(ctx[1], ctx[2])
+    shared = m.build(tiny_backbone, NAMES, m.prompt_config(init_text="", n_ctx=4, init_seed=3)).context.ctx.detach()
+    assert torch.equal(shared, torch.randn(4, 64, generator=torch.Generator().manual_seed(3)) * 0.02)
+
+
 @pytest.fixture(scope="module")
 def width512_backbone(tmp_path_factory):
     config = {

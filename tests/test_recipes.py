@@ -31,7 +31,9 @@ def test_every_method_has_a_recipe_for_every_protocol_with_a_source():
     ("coop", "fewshot", "imagenet", 16, {"train.epochs": 50}),
     ("cocoop", "xd", "imagenet", 16, {"train.epochs": 10, "train.batch_size": 1, "optim.lr": 0.002}),
     ("kgcoop", "base2new", "dtd", 16, {"train.epochs": 100, "train.batch_size": 128, "method.kg_weight": 8.0}),
-    ("prograd", "fewshot", "dtd", 8, {"train.epochs": 200, "prompt.n_ctx": 16}),
+    ("prograd", "fewshot", "dtd", 8, {"train.epochs": 200, "prompt.n_ctx": 16, "method.prograd_lambda": 0.8}),
+    ("promptsrc", "fewshot", "caltech101", 4, {"method.gpa_mean": 30.0, "method.gpa_std": 30.0}),
+    ("promptsrc", "base2new", "dtd", 16, {"method.gpa_mean": 15.0, "method.gpa_std": 1.0}),
     ("prograd", "fewshot", "caltech101", 2, {"train.epochs": 100}),
     ("maple", "base2new", "dtd", 16, {"train.epochs": 5, "train.batch_size": 4, "optim.lr": 0.0035,
                                       "prompt.n_ctx": 2, "prompt.prompt_depth": 9}),
@@ -72,9 +74,25 @@ def test_plan_applies_recipe_then_overrides_and_records_them():
     assert random.overrides == {"prompt.n_ctx": 8, "prompt.init_text": None}
     follows = api.plan_training("coop", prompt_overrides={"init_text": "a photo of the big"})  # n_ctx follows the init text
     assert follows.prompt.n_ctx == 5
-    assert api.plan_training("kgcoop", method_options={"kg_weight": 2.0}).method.kg_weight == 2.0
-    with pytest.raises(DipclipError, match="kgcoop has no option"):
-        api.plan_training("kgcoop", method_options={"gpa_mean": 2.0})
+    weighted = api.plan_training("kgcoop", method_options={"kg_weight": 2.0})
+    assert weighted.prompt.kg_weight == 2.0 and weighted.overrides == {"method.kg_weight": 2.0}
+    with pytest.raises(DipclipError, match="unknown method option"):
+        api.plan_training("kgcoop", method_options={"gpa": 2.0})
+    with pytest.raises(DipclipError, match="kg_weight must be a finite number"):
+        api.plan_training("kgcoop", method_options={"kg_weight": float("nan")})
+
+
+def test_method_settings_come_from_the_recipe_per_protocol_and_dataset():
+    src = api.plan_training("promptsrc", recipe="fewshot", dataset="dtd", shots=4).prompt
+    assert (src.gpa_mean, src.gpa_std, src.prompt_depth) == (45.0, 5.0, 9)
+    src = api.plan_training("promptsrc", recipe="xd", dataset="imagenet").prompt
+    assert (src.gpa_mean, src.gpa_std, src.prompt_depth) == (6.0, 10.0, 3)
+    prograd = api.plan_training("prograd", recipe="fewshot", dataset="oxford_flowers", shots=16).prompt
+    assert prograd.prograd_lambda == 0.8 and prograd.n_ctx == 16
+    assert prograd.template == "a type of flower, a photo of a {}." and prograd.init_text == "a type of flower, a photo of a"
+    assert api.plan_training("prograd", recipe="fewshot", dataset="oxford_flowers", shots=4).prompt.prograd_lambda == 1.0
+    kg = api.plan_training("kgcoop", dataset="dtd").prompt
+    assert kg.kg_weight == 8.0 and kg.template == "a photo of a {}, a type of texture."
 
 
 def test_dry_run_prints_the_config_that_training_records(tmp_path, tiny_config_path, image_tree, capsys):

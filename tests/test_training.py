@@ -90,3 +90,33 @@ def test_zeroshot_ensemble(tmp_path, tiny_config_path, image_tree):
     assert single["trainable_params"] == 0 and single["results"]["test"]["n"] == 12
     assert len(ensemble["config"]["templates"]) == 8
     assert (tmp_path / "zs" / "metrics.json").is_file()
+
+
+def test_zeroshot_ensemble_is_coops_seven_templates_plus_the_dataset_template_except_on_imagenet(
+        tiny_backbone, image_tree):
+    """CoOp's ZeroshotCLIP2: IMAGENET_TEMPLATES_SELECT, and the dataset's template unless the dataset is ImageNet."""
+    from dataclasses import replace
+
+    import torch
+
+    from dipclip.methods.zeroshot import ENSEMBLE_TEMPLATES
+
+    seven = ["itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.",
+             "a {} in a video game.", "art of the {}.", "a photo of the small {}."]
+    assert list(ENSEMBLE_TEMPLATES) == seven
+    splits = api.load_data(str(image_tree), "imagefolder")
+    as_imagenet = api.zeroshot(backbone=tiny_backbone, splits=replace(splits, name="imagenet"), ensemble=True)
+    assert as_imagenet["config"]["templates"] == seven
+    pets = "a photo of a {}, a type of pet."
+    as_pets = api.zeroshot(backbone=tiny_backbone, splits=replace(splits, name="oxford_pets", template=pets),
+                           ensemble=True)
+    assert as_pets["config"]["templates"] == [*seven, pets]
+    as_variant = api.zeroshot(backbone=tiny_backbone, splits=replace(splits, name="imagenet_a"), ensemble=True)
+    assert as_variant["config"]["templates"] == [*seven, "a photo of a {}."]
+    # the classifier is the renormalised mean of the per-template unit features
+    names = [n.replace("_", " ") for n in splits.classnames]
+    per_template = [torch.nn.functional.normalize(tiny_backbone.text.encode_token_ids(
+        tiny_backbone.tokenize([t.format(n) for n in names])).float(), dim=-1) for t in seven]
+    expected = torch.nn.functional.normalize(torch.stack(per_template).mean(0), dim=-1)
+    from dipclip.methods.zeroshot import zeroshot_text_features
+    assert torch.allclose(zeroshot_text_features(tiny_backbone, splits.classnames, seven), expected, atol=1e-6)

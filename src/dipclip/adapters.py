@@ -48,6 +48,10 @@ def save_adapter(out_dir: str | Path, method: str, model: PromptCLIP, extra: dic
     """Write the adapter folder atomically (each file via a temporary name) and return its path."""
     out = Path(out_dir)
     tensors = {name: t.cpu().contiguous() for name, t in model.learnable_state().items()}
+    bad = _non_finite(tensors)
+    if bad:
+        raise DipclipError(f"refusing to write adapter {out}: learned tensor(s) {', '.join(bad)} hold NaN/inf "
+                           "(the training diverged); lower --lr and train again")
     config = {
         "format": FORMAT,
         "format_version": 1,
@@ -87,7 +91,16 @@ def load_adapter(path: str | Path) -> Adapter:
     except DipclipError as exc:
         raise DipclipError(f"adapter config {config_file}: {exc}; the adapter is damaged or from a newer dipclip") from None
     tensors = read_safetensors(weights_file, "adapter weights", damaged)
+    bad = _non_finite(tensors)
+    if bad:
+        raise DipclipError(f"{weights_file}: learned tensor(s) {', '.join(bad)} hold NaN/inf, so every "
+                           "prediction would be meaningless; train the adapter again with a lower --lr")
     return Adapter(config=config, tensors=tensors, path=folder)
+
+
+def _non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity."""
+    return sorted(name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
 
 
 def check_compatible(adapter: Adapter, backbone: Backbone) -> None:

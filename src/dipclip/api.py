@@ -8,12 +8,15 @@ Every function writes its outputs into ``out`` (when given) and returns the same
 - ``results``: evaluation name (``test``, ``base``, ``new``, ...) -> ``{"accuracy": percent, "n": images}``;
 - ``history``: per epoch ``epoch``, ``loss``, ``train_accuracy``, ``id_prompt``, ``id_update``, ``lr``, ``images``;
 - ``density``: ID of the final prompt and of its update; ``config``: the full resolved configuration;
+- ``data_warnings``: what the data check found worth knowing (fewer images than ``--shots``, skipped images);
 - ``backbone``: model, pretrained, identity, text width; ``timing``: wall-clock seconds (the only
   non-reproducible part); ``dipclip_version``.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import time
 from collections.abc import Sequence
@@ -26,16 +29,19 @@ from . import __version__
 from .adapters import load_adapter, model_from_adapter, save_adapter
 from .backbones.loading import Backbone, load_backbone
 from .data.types import DatasetSplits
+from .data.validate import check_for_evaluation, check_for_training
 from .density import density_report
 from .engine.distributed import is_main_process
 from .engine.evaluate import evaluate_items, evaluate_model
 from .engine.features import feature_store
+from .engine.locking import output_lock
 from .engine.reproducibility import atomic_write_bytes, atomic_write_json
 from .engine.trainer import TrainConfig, Trainer
-from .errors import DipclipError
+from .errors import DipclipError, warn
 from .files import check_regular_file
 from .methods import OptimConfig, PromptConfig, PromptMethod, get_method, with_prompt
-from .methods.zeroshot import ENSEMBLE_TEMPLATES, zeroshot_text_features
+from .methods.base import METHOD_SETTINGS
+from .methods.zeroshot import ENSEMBLE_TEMPLATES, ensemble_templates, zeroshot_text_features
 from .paths import cache_root
 from .recipes import Recipe, resolve_recipe
 
@@ -90,9 +96,35 @@ def resolve_data_root(data: str | None, dataset: str | None) -> str | None:
     return data
 
 
+def _report(data_warnings: list[str]) -> list[str]:
+    """Print each data warning (one line each) and return them for ``metrics.json``."""
+    if is_main_process():
+        for line in data_warnings:
+            warn(line)
+    return data_warnings
+
+
 def _write_metrics(out: str | Path | None, metrics: dict) -> None:
     if out is not None and is_main_process():
         atomic_write_json(Path(out) / METRICS_NAME, metrics)
+
+
+def _one_writer(function):
+    """Run ``function`` holding its ``out`` folder (see :mod:`dipclip.engine.locking`): a second process
+    writing into the same folder is refused. Under ``torchrun`` only rank 0 writes, so only it holds it."""
+    signature = inspect.signature(function)
+
+    @functools.wraps(function)
+    def locked(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        out = bound.arguments.get("out")
+        if out is None or not is_main_process():
+            return function(*args, **kwargs)
+        with output_lock(out):
+            return function(*args, **kwargs)
+
+    return locked
 
 
 def _backbone_for_adapter(adapter_config: dict, model: str | None, pretrained: str | None, device: str) -> Backbone:
@@ -129,7 +161,6 @@ class TrainingPlan:
             "recipe": {**self.recipe.describe(), "overrides": self.overrides},
             "data": data, "dataset": self.dataset, "shots": self.shots, "seed": self.seed, "subsample": subsample,
             "prompt": self.prompt.to_dict(), "optim": asdict(self.optim), "train": asdict(self.train),
-            "method_options": self.method.options(),
             "model": model, "pretrained": pretrained, "device": device,
         }
 
@@ -153,7 +184,7 @@ def plan_training(method: str, *, recipe: str = "base2new", dataset: str | None 
         prompt_method = with_prompt(prompt_method, prompt)
     chosen = resolve_recipe(prompt_method.name, recipe, dataset, shots)
     given = {k: v for k, v in (prompt_overrides or {}).items() if v is not None}
-    overrides = {f"prompt.{k}": v for k, v in given.items()}
+    overrides = {f"{'method' if k in METHOD_SETTINGS else 'prompt'}.{k}": v for k, v in given.items()}
     if random_init:
         overrides["prompt.init_text"] = None
     for dotted, value in (("train.epochs", epochs), ("train.batch_size", batch_size),
@@ -162,26 +193,30 @@ def plan_training(method: str, *, recipe: str = "base2new", dataset: str | None 
             overrides[dotted] = value
     overrides.update({f"method.{k}": v for k, v in (method_options or {}).items() if v is not None})
 
-    prompt_values = dict(chosen.values.get("prompt", {}))
+    unknown = sorted(set(method_options or {}) - set(METHOD_SETTINGS))
+    if unknown:
+        raise DipclipError(f"unknown method option(s) {', '.join(unknown)}; use {', '.join(METHOD_SETTINGS)}")
+    prompt_values = {**chosen.values.get("prompt", {}), **chosen.values.get("method", {})}
     if "init_text" in given and "n_ctx" not in given:  # CoOp: n_ctx follows the init text
         given["n_ctx"] = clip_token_count(given["init_text"])
     prompt_values.update(given)
-    if random_init or prompt_values.get("init_text", "unset") is None:
+    prompt_values.update({k: v for k, v in (method_options or {}).items() if v is not None})
+    if random_init or ("init_text" in prompt_values and prompt_values["init_text"] is None):
         prompt_values["init_text"] = ""  # prompt_config's spelling of a random N(0, 0.02) context
-    prompt_cfg = prompt_method.prompt_config(**prompt_values)
+    prompt_cfg = prompt_method.prompt_config(dataset=dataset, **prompt_values)  # + the method's dataset template
     optim_values = {**chosen.values.get("optim", {}), **{k.split(".")[1]: v for k, v in overrides.items()
                                                           if k.startswith("optim.")}}
     optim_cfg = prompt_method.optim_config(**optim_values)
     train_values = {**chosen.values.get("train", {}), **{k.split(".")[1]: v for k, v in overrides.items()
                                                           if k.startswith("train.")}}
     train_cfg = TrainConfig(**train_values, seed=seed, **(train_options or {})).validate()
-    prompt_method.configure({**chosen.values.get("method", {}), **(method_options or {})})
     return TrainingPlan(method=prompt_method, recipe=chosen, overrides=overrides, prompt=prompt_cfg,
                         optim=optim_cfg, train=train_cfg, dataset=dataset, shots=shots, seed=seed)
 
 
 PROMPT_ARGUMENTS = ("n_ctx", "class_position", "class_specific", "rank", "dip_init", "dip_dropout", "init_text",
-                    "lambda_do", "lambda_pp", "id_k", "vision_dip", "prompt_depth")
+                    "lambda_do", "lambda_pp", "id_k", "vision_dip", "prompt_depth", "prograd_lambda", "gpa_mean",
+                    "gpa_std")
 TRAIN_ARGUMENTS = ("workers", "density_k", "skip_bad_images", "views", "feature_cache", "eval_every")
 
 
@@ -209,13 +244,15 @@ def train_config(method: str = "dip", *, recipe: str = "base2new", model: str | 
     """The ``config`` that :func:`train` with the same arguments would record, without loading a model or
     data (``dipclip train --dry-run``); ``device`` is as requested, not yet resolved."""
     plan = _plan_from_train_arguments(
-        method, recipe=recipe, dataset=dataset, shots=shots, seed=seed, prompt=prompt, epochs=epochs,
+        method, recipe=recipe, dataset=dataset,
+        shots=shots, seed=seed, prompt=prompt, epochs=epochs,
         batch_size=batch_size, optimizer=optimizer, lr=lr, method_options=method_options, random_init=random_init,
         **prompt_and_train)
     return plan.config(data=resolve_data_root(data, dataset), subsample=subsample, model=model,
                        pretrained=pretrained, device=device)
 
 
+@_one_writer
 def train(
     method: str = "dip",
     *,
@@ -246,6 +283,9 @@ def train(
     lambda_pp: float | None = None,
     id_k: int | None = None,
     prompt_depth: int | None = None,
+    prograd_lambda: float | None = None,
+    gpa_mean: float | None = None,
+    gpa_std: float | None = None,
     density_k: int = 1,
     eval_every: int = 0,
     device: str = "auto",
@@ -272,18 +312,29 @@ def train(
     """
     began = time.perf_counter()
     plan = _plan_from_train_arguments(
-        method, recipe=recipe, dataset=dataset, shots=shots, seed=seed, prompt=prompt, epochs=epochs,
+        method, recipe=recipe, dataset=dataset if dataset is not None else (splits.name if splits else None),
+        shots=shots, seed=seed, prompt=prompt, epochs=epochs,
         batch_size=batch_size, optimizer=optimizer, lr=lr, method_options=method_options, n_ctx=n_ctx,
         class_position=class_position, class_specific=class_specific, rank=rank, dip_init=dip_init,
         dip_dropout=dip_dropout, init_text=init_text, lambda_do=lambda_do, lambda_pp=lambda_pp, id_k=id_k,
-        vision_dip=vision_dip, prompt_depth=prompt_depth, random_init=random_init, workers=workers,
+        vision_dip=vision_dip, prompt_depth=prompt_depth, prograd_lambda=prograd_lambda, gpa_mean=gpa_mean,
+        gpa_std=gpa_std, random_init=random_init, workers=workers,
         density_k=density_k, skip_bad_images=skip_bad_images, views=views, feature_cache=feature_cache,
         eval_every=eval_every)
     prompt_method, prompt_cfg, optim_cfg, train_cfg = plan.method, plan.prompt, plan.optim, plan.train
-    backbone = backbone or load_backbone(model, pretrained, device=device)
     data = resolve_data_root(data, dataset)
     if splits is None:
         splits = load_data(data, dataset, shots, seed, subsample)
+    new_splits = None
+    if subsample == "base" and data is not None and dataset is not None:
+        new_splits = load_data(data, dataset, None, seed, "new")
+    if new_splits is not None and prompt_cfg.class_specific:
+        raise DipclipError("a class-specific context cannot be evaluated on the new classes; drop "
+                           "--class-specific or use --subsample all")
+    name = "base" if subsample == "base" else ("new" if subsample == "new" else "test")
+    tests = [(name, splits, subsample != "all")] + ([("new", new_splits, True)] if new_splits is not None else [])
+    data_warnings = _report(check_for_training(splits, tests, shots, skip_bad_images))  # before the model loads
+    backbone = backbone or load_backbone(model, pretrained, device=device)
     out = Path(out)
     prompt_model = prompt_method.build(backbone, splits.classnames, prompt_cfg)
     n_params = prompt_model.num_trainable()
@@ -292,13 +343,6 @@ def train(
         f"{prompt_method.name}: {n_params:,} trainable parameters; {len(splits.classnames)} classes, "
         f"{len(splits.train)} training images; backbone {backbone.name} ({backbone.pretrained}) on {backbone.device}"
     )
-    new_splits = None
-    if subsample == "base" and data is not None and dataset is not None:
-        if prompt_cfg.class_specific:
-            raise DipclipError("a class-specific context cannot be evaluated on the new classes; drop "
-                               "--class-specific or use --subsample all")
-        new_splits = load_data(data, dataset, None, seed, "new")
-    name = "base" if subsample == "base" else ("new" if subsample == "new" else "test")
     eval_options = dict(workers=workers, skip_bad_images=skip_bad_images, store=trainer.store)
 
     def evaluate_all(model) -> dict:
@@ -331,6 +375,7 @@ def train(
         "density": density_report(context.merged(), context.initial, density_k),
         "num_classes": len(splits.classnames),
         "num_train_images": len(splits.train),
+        "data_warnings": data_warnings,
         "data_identity": split_identity(splits),
         "backbone": backbone.describe(),
         "config": config,
@@ -344,6 +389,7 @@ def train(
     return metrics
 
 
+@_one_writer
 def zeroshot(
     *,
     model: str | None = None,
@@ -362,14 +408,19 @@ def zeroshot(
     splits: DatasetSplits | None = None,
     feature_cache: bool = True,
 ) -> dict:
-    """Zero-shot CLIP with the dataset's template (or ``templates``; ``ensemble`` adds CLIP's 7 templates)."""
-    backbone = backbone or load_backbone(model, pretrained, device=device)
+    """Zero-shot CLIP with the dataset's template (or ``templates``). ``ensemble`` alone is CoOp's ensemble
+    baseline (CLIP's 7 templates, plus the dataset's own except on ImageNet); with ``templates`` it adds the 7."""
     splits = splits or load_data(data, dataset, None, 1, subsample)
-    chosen = list(templates) if templates else [splits.template]
-    if ensemble:
-        chosen += [t for t in ENSEMBLE_TEMPLATES if t not in chosen]
-    text_features = zeroshot_text_features(backbone, splits.classnames, chosen)
     name = split if subsample == "all" else subsample
+    data_warnings = _report(check_for_evaluation(splits, split, name, subsample != "all", skip_bad_images))
+    backbone = backbone or load_backbone(model, pretrained, device=device)
+    if ensemble and not templates:  # CoOp's ensemble: the 7 templates (+ the dataset's, except on ImageNet)
+        chosen = ensemble_templates(splits.name, splits.template)
+    else:
+        chosen = list(templates) if templates else [splits.template]
+        if ensemble:
+            chosen += [t for t in ENSEMBLE_TEMPLATES if t not in chosen]
+    text_features = zeroshot_text_features(backbone, splits.classnames, chosen)
     result = evaluate_items(backbone, text_features, splits.split(split), workers=workers,
                             skip_bad_images=skip_bad_images, desc=f"zero-shot {name}",
                             store=feature_store(feature_cache))
@@ -379,6 +430,7 @@ def zeroshot(
         "trainable_params": 0,
         "results": {name: result},
         "num_classes": len(splits.classnames),
+        "data_warnings": data_warnings,
         "backbone": backbone.describe(),
         "config": {"data": data, "dataset": dataset, "split": split, "subsample": subsample,
                    "templates": chosen, "model": model, "pretrained": pretrained},
@@ -387,6 +439,7 @@ def zeroshot(
     return metrics
 
 
+@_one_writer
 def evaluate(
     adapter: str | Path,
     *,
@@ -406,10 +459,11 @@ def evaluate(
 ) -> dict:
     """Accuracy of a trained adapter on a dataset split (the adapter's backbone is rebuilt by default)."""
     loaded = load_adapter(adapter)
-    backbone = backbone or _backbone_for_adapter(loaded.config, model, pretrained, device)
     splits = splits or load_data(data, dataset, None, 1, subsample)
-    prompt_model = model_from_adapter(loaded, backbone, splits.classnames)
     name = split if subsample == "all" else subsample
+    data_warnings = _report(check_for_evaluation(splits, split, name, subsample != "all", skip_bad_images))
+    backbone = backbone or _backbone_for_adapter(loaded.config, model, pretrained, device)
+    prompt_model = model_from_adapter(loaded, backbone, splits.classnames)
     result = evaluate_model(prompt_model, splits.split(split), workers=workers, skip_bad_images=skip_bad_images,
                             desc=f"eval {name}", store=feature_store(feature_cache))
     metrics = {
@@ -418,6 +472,7 @@ def evaluate(
         "trainable_params": prompt_model.num_trainable(),
         "results": {name: result},
         "num_classes": len(splits.classnames),
+        "data_warnings": data_warnings,
         "backbone": backbone.describe(),
         "config": {"adapter": str(adapter), "data": data, "dataset": dataset, "split": split,
                    "subsample": subsample, "prompt": loaded.config["prompt"]},

@@ -8,3 +8,11 @@ that line and exits non-zero; library users can catch it.
 
 class DipclipError(Exception):
     """A problem with the user's input, reported as one line without a traceback."""
+
+
+def warn(message: str) -> None:
+    """One line on stderr (``dipclip: warning: ...``) for something the user must know that does not stop
+    the command: a cache entry recomputed, fewer images than asked for."""
+    import sys
+
+    print(f"dipclip: warning: {message}", file=sys.stderr, flush=True)

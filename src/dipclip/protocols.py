@@ -30,6 +30,7 @@ import numpy as np
 from . import api
 from .backbones.loading import Backbone, file_sha256, load_backbone
 from .data.registry import DG_KEYS, TRAINABLE_KEYS, dataset_info
+from .engine.locking import output_lock
 from .engine.reproducibility import atomic_write_bytes, atomic_write_json
 from .errors import DipclipError
 from .methods import method_names
@@ -220,6 +221,11 @@ class ProtocolRunner:
         return out
 
     def run(self) -> dict:
+        """Every job not finished yet, then the summary; the protocol folder is held for the whole run."""
+        with output_lock(self.root):
+            return self._run_jobs()
+
+    def _run_jobs(self) -> dict:
         from tqdm.auto import tqdm
 
         jobs = self.jobs()

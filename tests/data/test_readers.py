@@ -187,26 +187,26 @@ def test_imagefolder_with_split_subfolders(tmp_path, write_img):
     assert splits.image_root == tmp_path
 
 
-def test_imagefolder_single_tree_serves_all_splits(tmp_path, write_img):
+def test_imagefolder_single_tree_without_a_split_is_refused(tmp_path, write_img):
+    # used as train and test at once it would report accuracy on the training images (issue 11, item 7)
     for cls in ("b_class", "a_class"):
         for i in range(2):
             write_img(tmp_path / cls / f"{i}.jpg")
-    splits = load_dataset(tmp_path, "imagefolder")
-    assert splits.classnames == ["a class", "b class"]
-    assert splits.train == splits.val == splits.test and len(splits.test) == 4
+    with pytest.raises(DipclipError, match=rf"no split .* `dipclip data make-split --data {tmp_path}`"):
+        load_dataset(tmp_path, "imagefolder")
 
 
 def test_csv_single_file_with_split_column(tmp_path):
     (tmp_path / "data.csv").write_text(
         "path,label,classname,split\n"
         "img/a.jpg,0,apple,train\nimg/b.jpg,1,banana,train\nimg/c.jpg,1,banana,val\n"
-        "/abs/d.jpg,2,cherry,test\n"
+        f"{tmp_path}/abs/d.jpg,2,cherry,test\n"
     )
     splits = load_dataset(tmp_path / "data.csv", "csv")
     assert splits.classnames == ["apple", "banana", "cherry"]
     assert [d.path for d in splits.train] == [str(tmp_path / "img" / "a.jpg"), str(tmp_path / "img" / "b.jpg")]
     assert [d.label for d in splits.val] == [1]
-    assert splits.test[0].path == "/abs/d.jpg"
+    assert splits.test[0].path == f"{tmp_path}/abs/d.jpg"  # absolute paths under the CSV's folder are fine
 
 
 def test_csv_folder_without_header_and_classnames_txt(tmp_path):

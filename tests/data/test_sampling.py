@@ -272,7 +272,9 @@ def test_json_cache_is_relative_portable_and_checked(fx, tmp_path):
     assert select_few_shot(other, moved, "oxford_pets", 2, 5, cache_dir=cache_dir).source == "sampled"
     assert len(list(path.parent.iterdir())) == 2
 
+    # An edited entry is never used: it is resampled (the same draw) and rewritten.
     obj["train"][0][0] = "not/in/split.jpg"
     path.write_text(json.dumps(obj))
-    with pytest.raises(DipclipError, match="not in this dataset's split"):
-        select_few_shot(splits, fx.root, "oxford_pets", 2, 5, cache_dir=cache_dir)
+    redone = select_few_shot(splits, fx.root, "oxford_pets", 2, 5, cache_dir=cache_dir)
+    assert redone.source == "sampled" and redone.train == first.train and redone.val == first.val
+    assert json.loads(path.read_text())["train"][0][0] != "not/in/split.jpg"

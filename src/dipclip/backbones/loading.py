@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import DipclipError
+from ..errors import DipclipError, warn
 from ..files import read_json, read_safetensors
 from . import embedded
 from .build import build_from_config, file_sha256
@@ -90,9 +90,9 @@ class Backbone:
         self._warned_words.update(new)
         shown = ", ".join(repr(word) for word in new[:12]) + (f" and {len(new) - 12} more" if len(new) > 12 else "")
         if os.environ.get("RANK", "0") == "0":
-            print(f"dipclip: warning: {self.name} does not know the word(s) {shown} (in class names or templates): "
-                  "they embed as zero vectors and carry no meaning; use words it knows, or a full CLIP such as "
-                  "--model ViT-B-16 --pretrained openai", file=sys.stderr, flush=True)
+            warn(f"{self.name} does not know the word(s) {shown} (in class names or templates): they embed as "
+                 "zero vectors and carry no meaning; use words it knows, or a full CLIP such as --model ViT-B-16 "
+                 "--pretrained openai")
 
     @cached_property
     def vision(self) -> VisionTower | None:
@@ -101,14 +101,15 @@ class Backbone:
         return VisionTower(self.model) if is_class_token_vit(self.model.visual) else None
 
     @torch.no_grad()
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """L2-normalised image features in fp32 (the image tower is frozen, so never with grad)."""
+    def encode_images(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """L2-normalised image features in fp32 (the image tower is frozen, so never with grad);
+        ``normalize=False`` gives the projected features before normalisation (DePT's head takes those)."""
         if self.vision is not None:
             features = self.vision(images)
         else:
             with autocast_for(images.device):
                 features = self.model.encode_image(images)
-        return nn.functional.normalize(features.float(), dim=-1)
+        return nn.functional.normalize(features.float(), dim=-1) if normalize else features.float()
 
     def describe(self) -> dict:
         return {

@@ -5,19 +5,9 @@ from __future__ import annotations
 import argparse
 import math
 
-from .common import non_negative_int, positive_int, probability, views_arg
+from .common import non_negative_int, positive_float, positive_int, probability, views_arg
 
 RECIPE_CHOICES = ("base2new", "fewshot", "xd")
-
-
-def positive_finite(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
 
 
 def non_negative_finite(text: str) -> float:
@@ -46,7 +36,7 @@ def add_override_args(parser: argparse.ArgumentParser, *, protocol_command: bool
     run.add_argument("--epochs", type=positive_int, default=None, help="epochs (default: the recipe's)")
     run.add_argument("--batch-size", type=positive_int, default=None, help="batch size (default: the recipe's)")
     run.add_argument("--optimizer", choices=("sgd", "adamw"), default=None, help="default: the recipe's (sgd)")
-    run.add_argument("--lr", type=positive_finite, default=None, help="peak learning rate (default: the recipe's)")
+    run.add_argument("--lr", type=positive_float, default=None, help="peak learning rate (default: the recipe's)")
     run.add_argument("--views", type=views_arg, default="fresh", metavar="fresh|N",
                      help="training augmentations: 'fresh' (default; a new random view of every image every "
                           "epoch, protocol-exact) or N views encoded once and cycled over the epochs (faster)")
@@ -82,8 +72,8 @@ def add_override_args(parser: argparse.ArgumentParser, *, protocol_command: bool
     prompt.add_argument("--id-k", type=positive_int, default=None, help="k of both ID levers (default 1)")
     method = parser.add_argument_group("method options")
     method.add_argument("--prograd-lambda", type=non_negative_finite, default=None,
-                        help="ProGrad: weight of the KL term (default: the recipe's, 1.0; 0.8 for Flowers, DTD, "
-                             "EuroSAT at 8-16 shots in fewshot)")
+                        help="ProGrad: the fraction of the conflicting gradient component removed (LOSS.LAMBDA; "
+                             "default: the recipe's, 1.0; 0.8 for Flowers, DTD, EuroSAT at 8-16 shots in fewshot)")
     method.add_argument("--method-option", action="append", type=method_option, default=None, metavar="KEY=VALUE",
                         help="any other option of the method's recipe (repeatable), e.g. kg_weight=8 or gpa_mean=15")
 

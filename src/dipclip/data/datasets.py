@@ -9,14 +9,20 @@ Custom data (``--data`` points at the data itself):
 
 * ``imagefolder``: ``ROOT/split_dipclip.json`` if present (written by ``dipclip data make-split``);
   else ``ROOT/train/<class>/*`` with ``ROOT/test/<class>/*`` and optionally ``ROOT/val/<class>/*``
-  (without ``test/``, ``val/`` is the test set; without ``val/``, val is empty); else a single
-  ``ROOT/<class>/*`` tree that serves as train, val and test alike. Classes are the folder names
-  sorted, with ``_`` shown as a space.
-* ``csv``: a CSV file ``path,label[,classname][,split]`` (a header row is optional; ``split`` is one of
-  train/val/test and needs a header; without it every row is in all three splits), or a folder holding
-  ``train.csv``, ``test.csv`` and optionally ``val.csv``. Labels are integers from 0; class names come
-  from the ``classname`` column or from a ``classnames.txt`` (one name per line, in label order) next to
-  the CSV. Relative paths are relative to the CSV's folder.
+  (without ``test/``, ``val/`` is the test set; without ``val/``, val is empty). A single
+  ``ROOT/<class>/*`` tree has no split and is refused, with a pointer to ``dipclip data make-split``:
+  used as train and test at once it would report accuracy on the training images. Classes are the
+  folder names sorted, with ``_`` shown as a space.
+* ``csv``: a CSV file ``path,label[,classname],split`` (with a header row naming the columns; ``split``
+  is one of train/val/test, on every row: rows without one are refused, for the same reason), or a folder
+  holding ``train.csv``, ``test.csv`` and optionally ``val.csv`` (a header row is optional there). Labels
+  are integers from 0; class names come from the ``classname`` column or from a ``classnames.txt`` (one
+  name per line, in label order) next to the CSV. Paths are relative to the CSV's folder (or absolute)
+  and must lie under it.
+
+Every listed path must lie under its data root (the image folder, or the CSV's folder): an absolute
+path elsewhere or one climbing out with ``..`` is a problem (symlinks are resolved for the images a run
+reads, by :mod:`dipclip.data.validate`).
 """
 
 from __future__ import annotations
@@ -144,7 +150,7 @@ def parse_split_json(
                                 source))
         return [], out
     names: dict[int, str] = {}
-    bad_entries = 0
+    bad_entries = escaped = 0
     for split in SPLITS:
         entries = obj.get(split)
         if entries is None:
@@ -163,6 +169,13 @@ def parse_split_json(
                         "[relative_path, label, classname]", fix, source))
                 continue
             rel, label, classname = parsed
+            if leaves_root(image_root, rel):
+                escaped += 1
+                if escaped <= _MAX_ENTRY_PROBLEMS:
+                    problems.append(Problem(
+                        dataset, f"{source}: {split}[{i}] path {rel!r} leaves the image folder {image_root}",
+                        "split files list paths relative to the image folder, without '..'; " + fix, source))
+                continue
             known = names.setdefault(label, classname)
             if known != classname:
                 problems.append(Problem(
@@ -172,8 +185,20 @@ def parse_split_json(
     if bad_entries > _MAX_ENTRY_PROBLEMS:
         problems.append(Problem(dataset, f"{source}: {bad_entries - _MAX_ENTRY_PROBLEMS} more malformed "
                                 "entries", fix, source))
+    if escaped > _MAX_ENTRY_PROBLEMS:
+        problems.append(Problem(dataset, f"{source}: {escaped - _MAX_ENTRY_PROBLEMS} more paths leave the image "
+                                "folder", fix, source))
     classnames = _dense_classnames(names, dataset, source, fix, problems)
     return classnames, out
+
+
+def leaves_root(root: str | Path, path: str) -> bool:
+    """Whether ``path`` (relative to ``root``, or absolute) lies outside ``root`` by its name alone: an
+    absolute path elsewhere, or one that climbs out with ``..``. Symlinks are resolved later, by
+    :mod:`dipclip.data.validate`, for the images a run reads."""
+    base = os.path.normpath(os.path.abspath(root))
+    joined = os.path.normpath(os.path.join(base, path))
+    return joined != base and not joined.startswith(base.rstrip(os.sep) + os.sep)
 
 
 def _parse_entry(entry: object) -> tuple[str, int, str] | None:
@@ -280,6 +305,10 @@ def _read_aircraft(info: DatasetInfo, folder: Path, problems: list[Problem]) -> 
                 continue
             if variant not in cname2lab:
                 problems.append(Problem(info.key, f"{path}:{n}: variant {variant!r} is not in variants.txt",
+                                        fix, str(path)))
+                continue
+            if leaves_root(image_root or folder, image_id + ".jpg"):
+                problems.append(Problem(info.key, f"{path}:{n}: image id {image_id!r} leaves the image folder",
                                         fix, str(path)))
                 continue
             label = cname2lab[variant]
@@ -437,7 +466,13 @@ def _read_imagefolder(info: DatasetInfo, root: Path, problems: list[Problem]) ->
         return DatasetSplits(info.key, classnames, items["train"], items["val"], items["test"], image_root=root,
                              template=info.template)
     split_dirs = {s: root / s for s in SPLITS if (root / s).is_dir()}
-    if "train" in split_dirs and ("val" in split_dirs or "test" in split_dirs):
+    make_split = f"write a 50/20/30 split with `dipclip data make-split --data {root}`"
+    if "train" in split_dirs and not ("val" in split_dirs or "test" in split_dirs):
+        problems.append(Problem(info.key, f"{root} has train/ but no test/ (or val/) folder, so there is nothing "
+                                "to test on", f"add {root}/test/<class>/ images, or {make_split} from one "
+                                "ROOT/<class>/ tree"))
+        return None
+    if "train" in split_dirs:
         folders = sorted(set().union(*(_subdirs(d) for d in split_dirs.values())))
         if not folders:
             problems.append(Problem(info.key, f"{root}/train has no class folders", f"expected {info.expected_layout}"))
@@ -450,23 +485,33 @@ def _read_imagefolder(info: DatasetInfo, root: Path, problems: list[Problem]) ->
         val = items.get("val", []) if "test" in items else []
         return DatasetSplits(info.key, [display_name(f) for f in folders], items["train"], val, test,
                              image_root=root, template=info.template)
-    folders = _subdirs(root)
-    if not folders:
+    if not _subdirs(root):
         problems.append(Problem(info.key, f"{root} has no class folders", f"expected {info.expected_layout}"))
         return None
-    everything = [Datum(p, label, display_name(f)) for label, f in enumerate(folders) for p in list_images(root / f)]
-    # A single tree serves as every split; `dipclip data make-split` writes a proper 50/20/30 split.
-    return DatasetSplits(info.key, [display_name(f) for f in folders], everything, list(everything),
-                         list(everything), image_root=root, template=info.template)
+    # One ROOT/<class>/ tree has no split: used as train and test at once it would test on training images.
+    problems.append(Problem(info.key, f"{root} has class folders but no split ({CUSTOM_SPLIT_FILE}, or train/ and "
+                            "test/ folders), so the same images would be trained and tested on",
+                            f"{make_split} (then pass the same --data), or arrange the images as "
+                            "ROOT/train/<class>/ and ROOT/test/<class>/"))
+    return None
 
 
 def _read_csv(info: DatasetInfo, root: Path, problems: list[Problem]) -> DatasetSplits | None:
     rows: dict[str, list[tuple[str, int, str | None]]] = {s: [] for s in SPLITS}
     if root.is_file():
         base = root.parent
+        unsplit = 0
         for split, row in _csv_rows(root, info.key, problems, with_split=True):
-            for s in (SPLITS if split is None else (split,)):
-                rows[s].append(row)
+            if split is None:
+                unsplit += 1
+                continue
+            rows[split].append(row)
+        if unsplit:
+            problems.append(Problem(info.key, f"{root}: {unsplit} row(s) have no split (train, val or test), so "
+                                    "the same images would be trained and tested on",
+                                    "add a split column (header path,label,classname,split) with a value on every "
+                                    "row, or give a folder with train.csv and test.csv", str(root)))
+            return None
     else:
         base = root
         if not (root / "train.csv").is_file() or not (root / "test.csv").is_file():
@@ -492,6 +537,14 @@ def _read_csv(info: DatasetInfo, root: Path, problems: list[Problem]) -> Dataset
                                     "add the missing class names", str(txt)))
             return None
         classnames = listed
+        named = [(label, name) for s in SPLITS for _, label, name in rows[s] if name is not None]
+        wrong = [(label, name) for label, name in named if listed[label] != name]
+        if wrong:
+            label, name = wrong[0]
+            problems.append(Problem(info.key, f"a row names label {label} {name!r} but {txt} names it "
+                                    f"{listed[label]!r} ({len(wrong)} such row(s))",
+                                    "make the classname column agree with classnames.txt (or drop one)", str(txt)))
+            return None
     else:
         if len(names) < max_label + 1:
             problems.append(Problem(info.key, "some labels have no class name (no classname column and no "
@@ -500,6 +553,12 @@ def _read_csv(info: DatasetInfo, root: Path, problems: list[Problem]) -> Dataset
         classnames = _dense_classnames(names, info.key, str(root), "use labels 0..n-1 without gaps", problems)
     if not rows["train"] and not problems:
         problems.append(Problem(info.key, f"{root} has no training rows", f"expected {info.expected_layout}"))
+    escaped = [p for s in SPLITS for p, _, _ in rows[s] if leaves_root(base, p)]
+    if escaped:
+        problems.append(Problem(info.key, f"{root}: path {escaped[0]!r} lies outside {base} ({len(escaped)} such "
+                                "path(s))", "keep the CSV in a folder that holds its images, with paths relative "
+                                "to it (no '..')", str(root)))
+        return None
     items = {
         s: [Datum(os.path.normpath(os.path.join(base, p)), label, classnames[label] if label < len(classnames)
                   else "") for p, label, _ in rows[s]]

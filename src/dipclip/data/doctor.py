@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import random
+import stat
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from .images import load_rgb
 from .registry import CUSTOM, DATASETS, STANDARD_KEYS, dataset_info
 from .sampling import read_dassl_cache
 from .types import DatasetSplits
+from .validate import outside_root
 
 FAST_SAMPLE = 200
 _MAX_LISTED = 10  # individual files listed per (split, kind) before one summary problem
@@ -121,6 +124,14 @@ def _check_counts(splits: DatasetSplits, key: str, report: DoctorReport) -> None
 
 def _check_labels(splits: DatasetSplits, key: str, report: DoctorReport) -> None:
     n = splits.num_classes
+    doubled = [name for name, count in Counter(splits.classnames).items() if count > 1]
+    if doubled:
+        report.problems.append(Problem(key, f"class names {', '.join(map(repr, doubled[:5]))} are given to several "
+                                       "labels; the text encoder cannot tell such classes apart",
+                                       "give every class its own name (rename folders or fix the split file)"))
+    if n == 1:
+        report.problems.append(Problem(key, f"only one class ({splits.classnames[0]!r}): nothing to learn or test",
+                                       "add at least one more class"))
     for split in ("train", "val", "test"):
         items = splits.split(split)
         wrong = [d for d in items if not 0 <= d.label < n or d.classname != splits.classnames[d.label]]
@@ -148,13 +159,35 @@ def _check_images(splits: DatasetSplits, key: str, fast: bool, report: DoctorRep
     for split in ("train", "val", "test"):
         paths = [d.path for d in splits.split(split) if d.path not in seen]
         seen.update(paths)
+        escaped = outside_root(paths, splits.image_root)
+        for p, resolved in escaped[:_MAX_LISTED]:
+            report.problems.append(Problem(key, f"{split}: image {p} resolves to {resolved}, outside the data root "
+                                           f"{splits.image_root}", "a split may only list images under its data "
+                                           "root: copy the file there instead of linking it, or fix the split file", p))
+        if len(escaped) > _MAX_LISTED:
+            report.problems.append(Problem(key, f"{split}: {len(escaped) - _MAX_LISTED} more images resolve outside "
+                                           "the data root", "fix the split file or the symlinks"))
+        if escaped:
+            outside = {p for p, _ in escaped}
+            paths = [p for p in paths if p not in outside]
         missing: list[str] = []
+        present = paths
         if check_exists:
-            missing = [p for p in paths if not os.path.isfile(p)]
-            gone = set(missing)
-            present = [p for p in paths if p not in gone] if missing else paths
-        else:
-            present = paths
+            missing, irregular = [], []
+            for p in paths:
+                try:
+                    mode = os.stat(p).st_mode
+                except OSError:
+                    missing.append(p)
+                    continue
+                if not stat.S_ISREG(mode):
+                    irregular.append(p)
+            if irregular:  # a named pipe, device or socket is never opened (it could block forever)
+                _report_files(report, key, split, irregular, "image path {} is not a regular file",
+                              "replace it with the image file; the split file references it")
+            if missing or irregular:
+                gone = set(missing) | set(irregular)
+                present = [p for p in paths if p not in gone]
         if fast and len(present) > FAST_SAMPLE:
             present = random.Random(0).sample(present, FAST_SAMPLE)
         bad: list[tuple[str, str]] = []

@@ -5,13 +5,19 @@ Every image becomes 8-bit RGB: palette and RGBA/LA images are composited on whit
 :class:`DipclipError` naming it; with ``skip_bad_images`` the dataset yields a :class:`BadImage` marker
 instead, :func:`collate_skipping_bad` drops it and the batch's ``skipped`` lists the paths so the trainer
 can count and report them. Images above :data:`MAX_IMAGE_PIXELS` are refused before they are decoded.
+Only regular files are opened: a named pipe, device or socket in a split is refused (or skipped) without
+being opened, since opening one can block forever.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import stat
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -25,33 +31,83 @@ from .types import Datum
 MAX_IMAGE_PIXELS = 120_000_000
 
 
-def load_rgb(path: str) -> Image.Image:
-    """Open an image as RGB; RGBA/LA/palette images are composited on white, greyscale is expanded."""
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+def open_regular(path: str) -> BinaryIO:
+    """``path`` opened for reading once it is known to be a regular file (symlinks to one are fine).
+
+    A named pipe, device or socket is refused from ``stat`` alone, before any ``open``: opening a pipe
+    blocks until a writer appears, which could be never. The file is opened non-blocking and checked again
+    on its descriptor, so one swapped in between is refused too.
+    """
+    fix = "fix the split file (for a dataset, `dipclip doctor` lists every bad file)"
     try:
-        with warnings.catch_warnings():
+        info = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise DipclipError(f"image not found: {path}; check the path ({fix})") from None
+    except OSError as exc:  # a symlink loop, a name too long, no permission
+        raise DipclipError(f"cannot read image {path} ({exc.strerror}); {fix}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise DipclipError(f"image path {path} is {_file_kind(info.st_mode)}, not an image file; {fix}")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        raise DipclipError(f"cannot read image {path} ({exc.strerror}); {fix}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise DipclipError(f"image path {path} is {_file_kind(mode)}, not an image file; {fix}")
+    return os.fdopen(fd, "rb")
+
+
+@contextlib.contextmanager
+def _opened_image(path: str) -> Iterator[Image.Image]:
+    """The lazily decoded image at ``path`` (header read, size checked); every failure is a DipclipError."""
+    try:
+        with open_regular(path) as handle, warnings.catch_warnings():
             # Pillow warns from ~89 Mpx; our own limit below decides, so that the threshold is one number.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(handle) as img:
                 w, h = img.size
                 if w * h > MAX_IMAGE_PIXELS:
                     raise DipclipError(
                         f"image {path} is {w}x{h} ({w * h / 1e6:.0f} Mpx), above the {MAX_IMAGE_PIXELS / 1e6:.0f} Mpx "
                         "safety limit; downscale it or remove it from the split"
                     )
-                img.load()
-                return to_rgb(img)
+                yield img
     except DipclipError:
         raise
-    except FileNotFoundError:
-        raise DipclipError(f"image not found: {path}; check the path (for a dataset, `dipclip doctor` lists every missing file)") from None
-    except IsADirectoryError:
-        raise DipclipError(f"image path {path} is a folder; fix the split file or run `dipclip doctor`") from None
     except Image.DecompressionBombError as exc:
         raise DipclipError(f"image {path} refused as a decompression bomb ({exc}); downscale it") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise DipclipError(
             f"cannot decode image {path} ({exc}); replace the file or pass --skip-bad-images"
         ) from None
+
+
+def load_rgb(path: str) -> Image.Image:
+    """Open an image as RGB; RGBA/LA/palette images are composited on white, greyscale is expanded."""
+    with _opened_image(path) as img:
+        img.load()
+        return to_rgb(img)
+
+
+def check_image(path: str) -> None:
+    """Raise :class:`DipclipError` unless ``path`` is a regular file whose header decodes, within the pixel
+    limit. Reads the header and checks the file's structure (PNG chunk checksums, ...) without decoding the
+    pixels, so checking a split costs a fraction of encoding it."""
+    with _opened_image(path) as img:
+        img.verify()
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

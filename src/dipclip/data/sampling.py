@@ -19,7 +19,9 @@ sort the labels, base = the first ceil(n/2), new = the rest, relabel each half f
 An existing ``<folder>/split_fewshot/shot_{K}-seed_{S}.pkl`` written by the Dassl-based code is
 preferred: it is read with an unpickler that only admits Dassl's ``Datum`` class, and its absolute
 paths are matched to the split's images by their image-root-relative suffix. Our own cache is JSON
-with paths relative to the image root, written atomically.
+with paths relative to the image root, written atomically. It records what it was made for (dataset, split
+fingerprint, shots, seed) and a sha256 of its rows; an entry that fails a check is resampled and
+rewritten with a one-line warning, never used (sampling is deterministic, so nothing is lost).
 """
 
 from __future__ import annotations
@@ -30,19 +32,19 @@ import math
 import os
 import pickle
 import random
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..errors import DipclipError
+from ..errors import DipclipError, warn
+from ..paths import remove_stale_temps
 from ._io import write_json_atomic
 from .datasets import dataset_folder
 from .registry import CUSTOM, dataset_info
 from .types import DatasetSplits, Datum
 
 SUBSAMPLE_CHOICES = ("all", "base", "new")
-FEWSHOT_CACHE_FORMAT = "dipclip-fewshot/1"
+FEWSHOT_CACHE_FORMAT = "dipclip-fewshot/2"  # 2: records its split fingerprint and a checksum of its rows
 _DASSL_DATUM = ("dassl.data.datasets.base_dataset", "Datum")
 
 
@@ -259,30 +261,53 @@ def write_cache(path: str | Path, splits: DatasetSplits, selection: FewShotSelec
     def rows(items: list[Datum] | None):
         return None if items is None else [[lookup[d], d.label, d.classname] for d in items]
 
+    train, val = rows(selection.train), rows(selection.val)
     return write_json_atomic(path, {
         "format": FEWSHOT_CACHE_FORMAT,
         "dataset": splits.name,
+        "split": split_fingerprint(splits),
         "shots": shots,
         "seed": seed,
         "source": selection.source,
-        "train": rows(selection.train),
-        "val": rows(selection.val),
+        "sha256": _rows_checksum(train, val),
+        "train": train,
+        "val": val,
     })
 
 
+def _rows_checksum(train: object, val: object) -> str:
+    return hashlib.sha256(json.dumps([train, val], separators=(",", ":")).encode()).hexdigest()
+
+
+class CacheMismatch(DipclipError):
+    """Our few-shot cache file is not the selection asked for; ``problem`` says why."""
+
+    def __init__(self, path: Path, problem: str):
+        self.problem = problem
+        super().__init__(f"few-shot cache {path} {problem}; delete it to resample from the split file")
+
+
 def read_cache(path: str | Path, splits: DatasetSplits, shots: int, seed: int) -> FewShotSelection:
-    """Read our JSON cache back as items of ``splits``; a cache that does not match raises."""
+    """Read our JSON cache back as items of ``splits``; a cache that does not match raises
+    :class:`CacheMismatch`."""
     path = Path(path)
-    fix = "delete it to resample from the split file"
     try:
         with open(path, encoding="utf-8") as f:
             obj = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise DipclipError(f"cannot read few-shot cache {path} ({exc}); {fix}") from None
-    if (not isinstance(obj, dict) or obj.get("format") != FEWSHOT_CACHE_FORMAT or obj.get("shots") != shots
-            or obj.get("seed") != seed or not isinstance(obj.get("train"), list)):
-        raise DipclipError(f"few-shot cache {path} is not a {FEWSHOT_CACHE_FORMAT} file for {shots} shots, "
-                           f"seed {seed}; {fix}")
+    except (OSError, ValueError, RecursionError) as exc:
+        raise CacheMismatch(path, f"cannot be read ({type(exc).__name__})") from None
+    if not isinstance(obj, dict) or obj.get("format") != FEWSHOT_CACHE_FORMAT:
+        found = obj.get("format") if isinstance(obj, dict) else None
+        raise CacheMismatch(path, f"is not a {FEWSHOT_CACHE_FORMAT} file (format {found!r})")
+    wanted = {"dataset": splits.name, "split": split_fingerprint(splits), "shots": shots, "seed": seed}
+    differs = [key for key, value in wanted.items() if obj.get(key) != value]
+    if differs:
+        raise CacheMismatch(path, f"was made for another {', '.join(differs)}")
+    train, val = obj.get("train"), obj.get("val")
+    if not isinstance(train, list) or not (val is None or isinstance(val, list)):
+        raise CacheMismatch(path, "does not hold train and val lists")
+    if obj.get("sha256") != _rows_checksum(train, val):
+        raise CacheMismatch(path, "fails its checksum (damaged or edited)")
     lookup = _rel_lookup(splits, ("train", "val"))
 
     def items(rows):
@@ -290,13 +315,11 @@ def read_cache(path: str | Path, splits: DatasetSplits, shots: int, seed: int) -
         for row in rows:
             item = lookup.get(row[0]) if isinstance(row, list) and len(row) >= 2 else None
             if item is None or item.label != row[1]:
-                raise DipclipError(f"few-shot cache {path} lists {row!r}, which is not in this dataset's split; "
-                                   f"{fix}")
+                raise CacheMismatch(path, f"lists {str(row)[:80]}, which is not in this dataset's split")
             out.append(item)
         return out
 
-    val = obj.get("val")
-    return FewShotSelection(items(obj["train"]), None if val is None else items(val), "cache", str(path))
+    return FewShotSelection(items(train), None if val is None else items(val), "cache", str(path))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -343,16 +366,23 @@ def select_few_shot(splits: DatasetSplits, root: str | Path, key: str, shots: in
             selection = FewShotSelection(data["train"], data.get("val") if sample_val else None, "dassl-pkl",
                                          str(pkl))
     ours = cache_file(cache_dir, key, shots, seed, split_fingerprint(splits)) if cache_dir is not None else None
+    rewrite = ours is not None and not ours.is_file()
+    if ours is not None:
+        remove_stale_temps(ours.parent)  # left by killed writes
     if selection is None and ours is not None and ours.is_file():
-        selection = read_cache(ours, splits, shots, seed)
+        try:
+            selection = read_cache(ours, splits, shots, seed)
+        except CacheMismatch as exc:
+            warn(f"few-shot cache {ours} {exc.problem}; resampling it from the split file (it is never used)")
+            rewrite = True
     if selection is None:
         train, val = dassl_few_shot(splits.train, splits.val if sample_val else None, shots, seed)
         selection = FewShotSelection(train, val, "sampled")
-    if ours is not None and not ours.is_file():
+    if rewrite:
         try:
             write_cache(ours, splits, selection, shots, seed)
         except OSError as exc:  # a cache is a convenience: an unwritable one must not stop a run
-            warnings.warn(f"could not write few-shot cache {ours} ({exc})", stacklevel=2)
+            warn(f"could not write few-shot cache {ours} ({exc.strerror or exc}); the run goes on without it")
     return selection
 
 

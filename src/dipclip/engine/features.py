@@ -10,6 +10,12 @@ sizes and modification times). Files are safetensors written atomically (temp fi
 lock file makes a second process wait for the first instead of encoding the same split twice, so
 concurrent runs can share one cache.
 
+An entry is used only after it has been checked: it carries the key's payload (what it was made for) and a
+sha256 of its tensors, and its labels must be the split's. A file that fails any check (damaged or zeroed
+data, an entry of another view or backbone copied over this one, an old format) is recomputed and replaced,
+with a one-line warning naming it; it is never used. Temporary files of killed writes are removed once
+they are :data:`~dipclip.paths.STALE_TEMP_SECONDS` old.
+
 Training augmentations are drawn per image from a seed derived from (run seed, view, image index), never
 from the global generator. View ``v`` of a training set is therefore a fixed set of tensors:
 
@@ -39,11 +45,11 @@ from ..backbones.loading import Backbone
 from ..data.images import BadImage, ImageDataset, collate_skipping_bad
 from ..data.transforms import test_transform, train_transform
 from ..data.types import Datum
-from ..errors import DipclipError
-from ..paths import cache_root
+from ..errors import DipclipError, warn
+from ..paths import cache_root, remove_stale_temps
 from .reproducibility import atomic_write_bytes
 
-FORMAT_VERSION = 2  # 2: image features from the class-token last block (float-rounding changes)
+FORMAT_VERSION = 3  # 2: image features from the class-token last block; 3: entries carry a checksum
 ENCODE_BATCH = 64  # fixed, so stored and recomputed features are the same bits whatever the caller's batch
 NO_CACHE_ENV = "DIPCLIP_NO_FEATURE_CACHE"
 FRESH = "fresh"
@@ -195,6 +201,47 @@ def _items_digest(items: Sequence[Datum]) -> tuple[str, str]:
     return digest.hexdigest(), root
 
 
+def _labels(items: Sequence[Datum]) -> torch.Tensor:
+    return torch.tensor([item.label for item in items], dtype=torch.long)
+
+
+def _checksum(*tensors: torch.Tensor) -> str:
+    """sha256 over the dtypes, shapes and bytes of ``tensors``."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+        if tensor.numel():
+            digest.update(tensor.contiguous().view(torch.uint8).numpy())  # the buffer itself, no copy
+    return digest.hexdigest()
+
+
+def _entry_problem(tensors: dict[str, torch.Tensor], metadata: dict[str, str], payload: dict,
+                   labels: torch.Tensor) -> str | None:
+    """Why a stored entry is not the one asked for (``None``: it is)."""
+    try:
+        stored = json.loads(metadata.get("dipclip_features", "null"))
+    except ValueError:
+        stored = None
+    if not isinstance(stored, dict):
+        return "has no dipclip metadata"
+    wanted = {k: v for k, v in payload.items() if k != "root"}  # a moved data folder keeps its entries
+    differs = sorted(k for k in wanted.keys() | (stored.keys() - {"root"}) if stored.get(k) != wanted.get(k))
+    if differs:
+        return f"was made for another {', '.join(differs)}"
+    if set(tensors) != {"features", "labels", "valid"}:
+        return f"holds tensors {sorted(tensors)}, not features, labels and valid"
+    features, stored_labels, valid = tensors["features"], tensors["labels"], tensors["valid"]
+    n = len(labels)
+    if (features.dtype != torch.float32 or tuple(features.shape) != (n, wanted["backbone"]["embed_dim"])
+            or tuple(valid.shape) != (n,) or valid.dtype != torch.uint8 or not torch.equal(stored_labels, labels)):
+        return "does not match the images of this split"
+    if metadata.get("sha256") != _checksum(features, stored_labels, valid):
+        return "fails its checksum (damaged data)"
+    if not wanted["skip_bad_images"] and not bool(valid.bool().all()):
+        return "marks images as skipped in a run that skips none"
+    return None
+
+
 class FeatureStore:
     """Image features on disk, computed at most once per key (see the module docstring)."""
 
@@ -203,6 +250,9 @@ class FeatureStore:
         self.enabled = enabled
         self.hits = 0  # loads served from disk (a test and the benchmark read these)
         self.misses = 0  # encodings run
+        self.rejected = 0  # entries on disk that failed a check and were recomputed
+        self._warned: set[Path] = set()
+        self._swept = False
 
     @classmethod
     def default(cls) -> FeatureStore:
@@ -261,11 +311,15 @@ class FeatureStore:
             return self._get_distributed(backbone, dataset, path, payload, workers, desc, progress, rank, world)
         if not self.enabled:
             return compute()
-        found = self._load(path, len(items))
+        if not self._swept:
+            remove_stale_temps(self.root)
+            self._swept = True
+        labels = _labels(items)
+        found = self._load(path, payload, labels)
         if found is not None:
             return found
         with self._locked(path):
-            found = self._load(path, len(items))  # another process may have written it while we waited
+            found = self._load(path, payload, labels)  # another process may have written it while we waited
             if found is not None:
                 return found
             encoded = compute()
@@ -278,8 +332,7 @@ class FeatureStore:
         all ranks receive all rows, and rank 0 stores the result. Every rank returns the whole split."""
         import torch.distributed as dist
 
-        n = len(dataset)
-        found = [self._load(path, n) if (rank == 0 and self.enabled) else None]
+        found = [self._load(path, payload, _labels(dataset.images.items)) if (rank == 0 and self.enabled) else None]
         dist.broadcast_object_list(found, src=0)
         if found[0] is not None:
             return found[0]
@@ -295,27 +348,37 @@ class FeatureStore:
         dist.barrier()
         return encoded
 
-    def _load(self, path: Path, n: int) -> Encoded | None:
+    def _load(self, path: Path, payload: dict, labels: torch.Tensor) -> Encoded | None:
+        """The entry at ``path`` if it is exactly what ``payload`` asks for; else ``None`` (recompute), with a
+        one-line warning when a file was there but failed a check."""
         if not path.is_file():
             return None
-        from safetensors.torch import load_file
+        from safetensors import safe_open
 
         try:
-            tensors = load_file(str(path))
-            encoded = Encoded(tensors["features"], tensors["labels"], tensors["valid"].bool())
-        except Exception:  # noqa: BLE001 - an unreadable entry is recomputed, never trusted
-            return None
-        if len(encoded.labels) != n:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 - not a dict
+        except Exception as exc:  # noqa: BLE001 - an unreadable entry is recomputed, never trusted
+            problem: str | None = f"cannot be read ({type(exc).__name__})"
+        else:
+            problem = _entry_problem(tensors, metadata, payload, labels)
+        if problem is not None:
+            self.rejected += 1
+            if path not in self._warned:
+                self._warned.add(path)
+                warn(f"feature cache entry {path} {problem}; recomputing it (it is never used)")
             return None
         self.hits += 1
-        return encoded
+        return Encoded(tensors["features"], tensors["labels"], tensors["valid"].bool())
 
     def _save(self, path: Path, encoded: Encoded, payload: dict) -> None:
         from safetensors.torch import save
 
         tensors = {"features": encoded.features.contiguous(), "labels": encoded.labels.contiguous(),
                    "valid": encoded.valid.to(torch.uint8).contiguous()}
-        metadata = {"dipclip_features": json.dumps(payload, sort_keys=True)}
+        metadata = {"dipclip_features": json.dumps(payload, sort_keys=True),
+                    "sha256": _checksum(tensors["features"], tensors["labels"], tensors["valid"])}
         atomic_write_bytes(path, save(tensors, metadata=metadata))
 
     @contextlib.contextmanager

@@ -247,6 +247,7 @@ class Trainer:
                         self.optimizer.step()
                         continue
                 loss, logits = self.method.training_step(self.model, inputs, labels, self.optimizer)
+                self._stop_if_not_finite(epoch, lr, loss)
                 total_loss += float(loss.detach()) * len(labels)
                 correct += int((logits.argmax(dim=-1) == labels).sum())
                 seen += len(labels)
@@ -255,6 +256,7 @@ class Trainer:
             correct, seen = int(correct), int(seen)
             self.model.eval()
             self.method.end_epoch(self.model, epoch, cfg.epochs)  # e.g. PromptSRC's prompt aggregation
+            self._stop_if_not_finite(epoch, lr)
             record = self._epoch_record(epoch, lr, total_loss, correct, seen)
             if evaluate is not None and cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0
                                                             or epoch + 1 == cfg.epochs):
@@ -276,6 +278,24 @@ class Trainer:
             })
         self.method.end_training(self.model, cfg.epochs)
         return history
+
+    def _stop_if_not_finite(self, epoch: int, lr: float, loss: torch.Tensor | None = None) -> None:
+        """The first NaN/inf loss (``loss`` given) or learned tensor ends the run, before anything non-finite
+        reaches a checkpoint or an adapter; the last good checkpoint stays as it is."""
+        if loss is not None:
+            if bool(torch.isfinite(loss.detach()).all()):
+                return
+            what = f"the loss is {float(loss.detach().float().sum())}"
+        else:
+            tensors = self.model.learnable_state() | self.method.training_state()
+            bad = [name for name, t in tensors.items() if not bool(torch.isfinite(t).all())]
+            if not bad:
+                return
+            what = f"learned tensor(s) {', '.join(bad[:3])} hold NaN/inf"
+        kept = (f"the last good checkpoint {self.checkpoint_path} is kept" if self.checkpoint_path.exists()
+                else "no checkpoint was written")
+        raise DipclipError(f"training diverged in epoch {epoch + 1}: {what} at lr {lr:.3g}; {kept}; lower --lr "
+                           f"(e.g. --lr {self.optim.lr / 10:g}) and train into a new --out")
 
     def _epoch_record(self, epoch: int, lr: float, total_loss: float, correct: int, seen: int) -> dict:
         context = self.model.context

@@ -16,8 +16,12 @@ from ..backbones.loading import Backbone
 from ..density import information_density
 from ..errors import DipclipError
 from ..prompts import CLASS_POSITIONS, DIP_INITS, ClassPrompts, FullRankContext, LowRankContext
+from .templates import template_for
 
 PARAMETERIZATIONS = ("full", "dip")
+# the numbers of a method's own loss (a recipe's ``method`` section, ``--method-option KEY=VALUE``)
+METHOD_SETTINGS = ("kg_weight", "prograd_lambda", "gpa_mean", "gpa_std")
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,12 @@ class PromptConfig:
     id_k: int = 1  # the k of both ID levers
     vision_dip: bool = False  # with parameterization "dip": also the independent vision prompts (PromptSRC)
     prompt_depth: int = 1  # deep prompts (MaPLe, PromptSRC): layers 0..depth-1 get learned tokens; 1 = input only
+    # Method settings, here so that adapters, metrics and the resume fingerprint record them like the rest:
+    template: str | None = None  # hand-crafted template of KgCoOp's anchor / ProGrad's teacher (None: not used)
+    kg_weight: float = 8.0  # KgCoOp: W of the pull towards the hand-crafted text features (TRAINER.COOP.W)
+    prograd_lambda: float = 1.0  # ProGrad: how much of the conflicting component is removed (LOSS.LAMBDA)
+    gpa_mean: float | None = None  # PromptSRC GPA: Gaussian mean over epochs 1..E (None: 0.75 * E)
+    gpa_std: float = 1.0  # PromptSRC GPA: Gaussian std (epochs)
 
     def validate(self) -> PromptConfig:
         if self.n_ctx < 1:
@@ -58,6 +68,19 @@ class PromptConfig:
             raise DipclipError(f"prompt depth must be >= 1, got {self.prompt_depth}")
         if not 1 <= self.id_k <= self.n_ctx:
             raise DipclipError(f"--id-k must be between 1 and n_ctx ({self.n_ctx}), got {self.id_k}")
+        if self.template is not None and "{}" not in self.template:
+            raise DipclipError(f"template {self.template!r} must contain '{{}}' where the class name goes")
+        for name in METHOD_SETTINGS:
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                      or not math.isfinite(value)):
+                raise DipclipError(f"{name} must be a finite number, got {value!r}")
+        if self.kg_weight < 0:
+            raise DipclipError(f"the KgCoOp weight must be >= 0, got {self.kg_weight}")
+        if self.prograd_lambda < 0:
+            raise DipclipError(f"--prograd-lambda must be >= 0, got {self.prograd_lambda}")
+        if not self.gpa_std > 0:
+            raise DipclipError(f"the GPA std must be > 0, got {self.gpa_std}")
         return self
 
     def to_dict(self) -> dict:
@@ -76,7 +99,8 @@ def init_tail(backbone: Backbone, cfg: PromptConfig) -> str:
 
 
 def context_init(backbone: Backbone, cfg: PromptConfig, n_classes: int, keep_tail: bool = False) -> torch.Tensor:
-    """The starting context: the init text's word embeddings (n_ctx = its token count), or N(0, 0.02).
+    """The starting context: the init text's word embeddings (n_ctx = its token count), or N(0, 0.02)
+    (drawn independently for every class when the context is class-specific).
 
     With ``keep_tail`` the init text may be longer than n_ctx: its first n_ctx tokens initialise the context
     and the rest stays as fixed words (:func:`init_tail`), MaPLe's convention; CoOp asks for an exact match.
@@ -92,12 +116,13 @@ def context_init(backbone: Backbone, cfg: PromptConfig, n_classes: int, keep_tai
             )
         with torch.no_grad():
             init = backbone.text.embed_tokens(ids)[0, 1 : 1 + cfg.n_ctx].clone()
+        if cfg.class_specific:  # every class starts from the init text (CoOp's own code ignores CSC here)
+            init = init.unsqueeze(0).repeat(n_classes, 1, 1)
     else:
+        # class-specific: an independent N(0, 0.02) draw per class, as CoOp's CSC random init
+        shape = (n_classes, cfg.n_ctx, width) if cfg.class_specific else (cfg.n_ctx, width)
         generator = torch.Generator().manual_seed(cfg.init_seed)
-        init = torch.randn(cfg.n_ctx, width, generator=generator) * 0.02
-        init = init.to(backbone.device)
-    if cfg.class_specific:
-        init = init.unsqueeze(0).repeat(n_classes, 1, 1)
+        init = (torch.randn(*shape, generator=generator) * 0.02).to(backbone.device)
     return init
 
 
@@ -116,10 +141,6 @@ def parameterize(init: torch.Tensor, cfg: PromptConfig, device: torch.device, se
     return context.to(device)
 
 
-def build_context(backbone: Backbone, cfg: PromptConfig, n_classes: int, keep_tail: bool = False) -> nn.Module:
-    return parameterize(context_init(backbone, cfg, n_classes, keep_tail), cfg, backbone.device)
-
-
 class PromptCLIP(nn.Module):
     """CLIP whose class text features come from a learned context (CoOp's CustomCLIP)."""
 
@@ -127,12 +148,17 @@ class PromptCLIP(nn.Module):
         super().__init__()
         self.prompt_cfg = prompt_cfg.validate()
         self.backbone = backbone
-        self.context = build_context(backbone, prompt_cfg, len(classnames), self.keeps_init_tail)
-        self.fixed_words = init_tail(backbone, prompt_cfg) if self.keeps_init_tail else ""
+        init, self.fixed_words = self.initial_context(backbone, prompt_cfg, len(classnames))
+        self.context = parameterize(init, prompt_cfg, backbone.device)
         self.class_prompts = self._class_prompts(classnames)
         self.train_classnames = list(self.class_prompts.classnames)
 
     has_class_head = False  # True when learned tensors are tied to the training classes (DePT's linear head)
+
+    def initial_context(self, backbone: Backbone, cfg: PromptConfig, n_classes: int) -> tuple[torch.Tensor, str]:
+        """(the starting context, the fixed words between it and the class name); ProGrad lays it out its way."""
+        init = context_init(backbone, cfg, n_classes, self.keeps_init_tail)
+        return init, (init_tail(backbone, cfg) if self.keeps_init_tail else "")
 
     def _class_prompts(self, classnames: list[str]) -> ClassPrompts:
         cfg = self.prompt_cfg
@@ -152,7 +178,9 @@ class PromptCLIP(nn.Module):
         self.class_prompts = self._class_prompts(classnames)
 
     image_conditioned = False  # True when class text features depend on the image (CoCoOp)
-    image_prompted = False  # True when image features depend on learned prompts: logits() takes raw images (MaPLe)
+    # True when logits() takes raw images: image features depend on learned prompts (MaPLe, PromptSRC), or the
+    # model needs them unnormalised (DePT's head), which stored features are not
+    image_prompted = False
     keeps_init_tail = False  # True: an init text longer than n_ctx keeps its tail as fixed words (MaPLe)
 
     def train(self, mode: bool = True) -> PromptCLIP:
@@ -216,6 +244,26 @@ class OptimConfig:
     warmup_epochs: int = 1
     warmup_lr: float = 1e-5
 
+    def __post_init__(self) -> None:
+        """Refuse what can only give non-finite or meaningless training (``--lr inf``, ``--lr -1``, ...)."""
+        def positive(value: object, what: str) -> None:
+            # above float32's largest number the optimizer's update itself overflows
+            if (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+                    or not 0 < value < FLOAT32_MAX):
+                raise DipclipError(f"{what} must be a finite number > 0, got {value!r}; e.g. --lr 0.002")
+
+        def non_negative(value: object, what: str) -> None:
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise DipclipError(f"{what} must be a finite number >= 0, got {value!r}")
+
+        positive(self.lr, "--lr")
+        non_negative(self.weight_decay, "the weight decay")
+        non_negative(self.momentum, "the momentum")
+        if isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
+            raise DipclipError(f"the warm-up epochs must be a whole number >= 0, got {self.warmup_epochs!r}")
+        if self.warmup_epochs:
+            positive(self.warmup_lr, "the warm-up lr")
+
 
 class PromptMethod:
     """Base of every learned-prompt method. Subclasses set ``name``, defaults and optionally ``extra_loss``."""
@@ -224,29 +272,21 @@ class PromptMethod:
     summary: str = ""
     prompt_defaults: PromptConfig = PromptConfig()
     optim_defaults: OptimConfig = OptimConfig()
-    option_names: tuple[str, ...] = ()  # the method's own numbers (loss weights, GPA), set from its recipe
+    # per-dataset hand-crafted templates (dataset key -> template) of a method that uses one (KgCoOp, ProGrad)
+    dataset_templates: dict[str, str] | None = None
 
-    def configure(self, options: dict) -> None:
-        """Set the method's own options (its recipe's ``method`` section, then the caller's overrides)."""
-        unknown = sorted(set(options) - set(self.option_names))
-        if unknown:
-            known = ", ".join(self.option_names) or "none"
-            raise DipclipError(f"{self.name} has no option(s) {', '.join(unknown)}; its options: {known}")
-        for key, value in options.items():
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-                raise DipclipError(f"{self.name} option {key} must be a finite number >= 0, got {value!r}")
-            setattr(self, key, float(value))
+    def prompt_config(self, dataset: str | None = None, **overrides) -> PromptConfig:
+        """Defaults with the given overrides; ``None`` keeps a default, ``init_text=""`` asks for a random init.
 
-    def options(self) -> dict[str, float]:
-        """The option values in force (recorded in ``metrics.json`` and adapters)."""
-        return {key: getattr(self, key) for key in self.option_names}
-
-    def prompt_config(self, **overrides) -> PromptConfig:
-        """Defaults with the given overrides; ``None`` keeps a default, ``init_text=""`` asks for a random init."""
+        ``dataset`` (a dataset key) picks the method's own template from :attr:`dataset_templates` unless a
+        ``template`` is given; the resolved template is part of the config, so the adapter records it.
+        """
         clean = {k: v for k, v in overrides.items() if v is not None}
         cfg = replace(self.prompt_defaults, **clean)
         if cfg.init_text == "":
             cfg = replace(cfg, init_text=None)
+        if self.dataset_templates is not None and cfg.template is None:
+            cfg = replace(cfg, template=template_for(self.dataset_templates, dataset))
         return cfg.validate()
 
     def optim_config(self, **overrides) -> OptimConfig:

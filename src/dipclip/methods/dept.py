@@ -3,15 +3,15 @@
 Follows the authors' code (Koorye/DePT, ``ExtrasLinearProbeCoOp``): channel-wise transforms (cwT: a learned
 scale, init 1, and shift, init 0, per feature channel) on the text and on the image features, then a linear
 classifier over the training classes, fed during training with both the transformed image features and the
-transformed text features of each image's class (labels repeated). Loss = 0.3 * CE(prompt similarity logits)
-+ 0.7 * CE(head logits). At inference on the training classes the logits are fused the same way
-(0.3 * similarity + 0.7 * head); on any other class list (new classes, other datasets) only the prompt's
-similarity logits are used, so new-class accuracy is the prompt's own. The head and the cwT layers learn at
-6.5 x the prompt's learning rate (the authors' staged lr; published: SGD lr 0.0035, batch 4, 10 epochs).
-
-One difference: dipclip stores L2-normalised image features, so cwT acts on normalised image features (the
-authors apply it to the projected features before normalisation). The text side uses the unnormalised
-text features, as theirs.
+transformed text features of each image's class (labels repeated). Both inputs are the *unnormalised*
+projected features, as theirs (the similarity logits use the normalised ones), so the model runs the frozen
+image tower on the images itself while its head is on (no stored, normalised features). Loss = 0.3 *
+CE(prompt similarity logits) + 0.7 * CE(head logits). At inference the logits are fused the same way (0.3 *
+similarity + 0.7 * head) on the training classes, and on any subset of them, with the head's rows clipped to
+those classes: the authors keep the head for ImageNet-family targets and clip it to the 200 classes of
+ImageNet-A and -R. On any other class list (new classes, other datasets) only the prompt's similarity logits
+are used, so new-class accuracy is the prompt's own. The head and the cwT layers learn at 6.5 x the prompt's
+learning rate (the authors' staged lr; published: SGD lr 0.0035, batch 4, 10 epochs).
 """
 
 from __future__ import annotations
@@ -20,10 +20,12 @@ import torch
 from torch import nn
 
 from ..backbones.loading import Backbone
+from ..errors import DipclipError
 from .base import OptimConfig, PromptCLIP, PromptConfig, PromptMethod
 
 HEAD_WEIGHT = 0.7
 HEAD_LR_SCALE = 6.5
+HEAD_MODULES = ("head", "text_transform", "image_transform")
 
 
 class ChannelTransform(nn.Module):
@@ -38,6 +40,23 @@ class ChannelTransform(nn.Module):
         return x * self.scale + self.shift
 
 
+def head_rows(train_classnames: list[str], classnames: list[str]) -> torch.Tensor | None:
+    """Rows of a head over ``train_classnames`` for ``classnames``, or None when some class is not among them."""
+    index: dict[str, int] = {}
+    repeated: set[str] = set()
+    for i, name in enumerate(train_classnames):
+        if name in index:
+            repeated.add(name)
+        index[name] = i
+    if any(name not in index for name in classnames):
+        return None
+    ambiguous = sorted(repeated.intersection(classnames))
+    if ambiguous:
+        raise DipclipError(f"class names {ambiguous} occur more than once among the training classes, so DePT's "
+                           "head rows cannot be matched to them; make the class names unique")
+    return torch.tensor([index[name] for name in classnames], dtype=torch.long)
+
+
 class DePTCLIP(PromptCLIP):
     has_class_head = True
 
@@ -49,34 +68,50 @@ class DePTCLIP(PromptCLIP):
             self.text_transform = ChannelTransform(dim)
             self.image_transform = ChannelTransform(dim)
             self.head = nn.Linear(dim, len(classnames))
+        # the head's rows for the current class list (all of them on the training classes); None: head off
+        self.register_buffer("rows", torch.arange(len(classnames)), persistent=False)
         self.to(backbone.device)
+
+    def set_classnames(self, classnames: list[str]) -> None:
+        super().set_classnames(classnames)
+        rows = head_rows(self.train_classnames, self.classnames)
+        self.rows = None if rows is None else rows.to(self.head.weight.device)
 
     @property
     def head_active(self) -> bool:
-        return self.classnames == self.train_classnames
+        return self.rows is not None
 
     @property
     def image_conditioned(self) -> bool:  # the fused logits are not a fixed text classifier
         return self.head_active
 
+    @property
+    def image_prompted(self) -> bool:  # with the head on, logits() takes images: the head needs raw features
+        return self.head_active
+
     def param_groups(self) -> list[dict]:
-        head = [p for name, p in self.learnable_named_parameters() if name.split(".")[0] in
-                ("head", "text_transform", "image_transform")]
-        prompt = [p for name, p in self.learnable_named_parameters() if name.split(".")[0] not in
-                  ("head", "text_transform", "image_transform")]
+        named = self.learnable_named_parameters()
+        head = [p for name, p in named if name.split(".")[0] in HEAD_MODULES]
+        prompt = [p for name, p in named if name.split(".")[0] not in HEAD_MODULES]
         return [{"params": prompt, "lr_scale": 1.0}, {"params": head, "lr_scale": HEAD_LR_SCALE}]
 
     def raw_text_features(self) -> torch.Tensor:
         return self.class_prompts(self.context()).float()
 
-    def logits(self, image_features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
-        if text_features is not None or not self.head_active:
-            return super().logits(image_features, text_features)
-        raw = self.raw_text_features()
-        self.last_raw_text_features = raw
-        similarity = self.backbone.logit_scale * image_features @ nn.functional.normalize(raw, dim=-1).t()
-        head = self.head(self.image_transform(image_features))
-        return (1 - HEAD_WEIGHT) * similarity + HEAD_WEIGHT * head
+    def head_logits(self, raw_image_features: torch.Tensor) -> torch.Tensor:
+        """The head over the current classes (its rows clipped to them) of unnormalised image features."""
+        return self.head(self.image_transform(raw_image_features))[:, self.rows]
+
+    def logits(self, inputs: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
+        """With the head on, ``inputs`` are images [B, 3, H, W]; otherwise normalised image features."""
+        if not self.head_active:
+            return super().logits(inputs, text_features)
+        raw_image = self.backbone.encode_images(inputs, normalize=False)
+        if text_features is None:
+            text_features = nn.functional.normalize(self.raw_text_features(), dim=-1)
+        image = nn.functional.normalize(raw_image, dim=-1)
+        similarity = self.backbone.logit_scale * image @ text_features.t()
+        return (1 - HEAD_WEIGHT) * similarity + HEAD_WEIGHT * self.head_logits(raw_image)
 
 
 class DePT(PromptMethod):
@@ -88,14 +123,17 @@ class DePT(PromptMethod):
     def build(self, backbone: Backbone, classnames: list[str], prompt_cfg: PromptConfig) -> PromptCLIP:
         return DePTCLIP(backbone, classnames, prompt_cfg)
 
-    def loss(self, model: PromptCLIP, image_features: torch.Tensor, labels: torch.Tensor
+    def loss(self, model: PromptCLIP, images: torch.Tensor, labels: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor]:
-        raw = model.raw_text_features()
-        similarity = model.backbone.logit_scale * image_features @ nn.functional.normalize(raw, dim=-1).t()
-        head_inputs = torch.cat([model.text_transform(raw[labels]), model.image_transform(image_features)])
+        """Training on the training classes: ``images`` are the augmented images of the batch."""
+        raw_image = model.backbone.encode_images(images, normalize=False)
+        raw_text = model.raw_text_features()
+        image = nn.functional.normalize(raw_image, dim=-1)
+        similarity = model.backbone.logit_scale * image @ nn.functional.normalize(raw_text, dim=-1).t()
+        head_inputs = torch.cat([model.text_transform(raw_text[labels]), model.image_transform(raw_image)])
         head_logits = model.head(head_inputs)
         loss = (1 - HEAD_WEIGHT) * nn.functional.cross_entropy(similarity, labels) + \
             HEAD_WEIGHT * nn.functional.cross_entropy(head_logits, torch.cat([labels, labels]))
-        extra = self.extra_loss(model, image_features, similarity, labels)
+        extra = self.extra_loss(model, image, similarity, labels)
         fused = (1 - HEAD_WEIGHT) * similarity + HEAD_WEIGHT * head_logits[len(labels):]
         return (loss if extra is None else loss + extra), fused

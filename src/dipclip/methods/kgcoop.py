@@ -1,8 +1,10 @@
 """KgCoOp (Yao et al., CVPR 2023): CoOp plus a pull towards the hand-crafted prompt's text features.
 
 Loss = CE + W * mean_c (1 - cos(w_c, w_c^clip)), where w_c is the learned class text feature and w_c^clip
-the zero-shot feature of "a photo of a {class}." (W = 8, as published). The hand-crafted features are
-computed once per class list.
+the zero-shot feature of the class in KgCoOp's own per-dataset template (``KGCOOP_TEMPLATES``, e.g. DTD
+"a photo of a {}, a type of texture."; "a photo of a {}." for datasets it does not list), W = 8 as published.
+The template is resolved from the dataset key when the config is made and recorded in it
+(``prompt.template``); the hand-crafted features are computed once per class list.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from .base import OptimConfig, PromptCLIP, PromptConfig, PromptMethod, density_levers
+from .templates import FALLBACK_TEMPLATE, KGCOOP_TEMPLATES
 from .zeroshot import zeroshot_text_features
 
 
@@ -18,15 +21,14 @@ class KgCoOp(PromptMethod):
     summary = "KgCoOp: CoOp + W * (1 - cos(learned, hand-crafted text features)), W = 8"
     prompt_defaults = PromptConfig(parameterization="full")
     optim_defaults = OptimConfig(lr=0.002)
-    option_names = ("kg_weight",)
-    kg_weight = 8.0  # W, from the recipe
-    template = "a photo of a {}."
+    dataset_templates = KGCOOP_TEMPLATES
 
     def anchor_features(self, model: PromptCLIP) -> torch.Tensor:
-        key = tuple(model.classnames)
+        template = model.prompt_cfg.template or FALLBACK_TEMPLATE
+        key = (tuple(model.classnames), template)
         cached = getattr(model, "_kg_anchor", None)
         if cached is None or cached[0] != key:
-            cached = (key, zeroshot_text_features(model.backbone, model.classnames, [self.template]))
+            cached = (key, zeroshot_text_features(model.backbone, model.classnames, [template]))
             model._kg_anchor = cached
         return cached[1]
 
@@ -34,6 +36,6 @@ class KgCoOp(PromptMethod):
                    labels: torch.Tensor) -> torch.Tensor | None:
         learned = model.last_text_features
         anchor = self.anchor_features(model)
-        loss = self.kg_weight * (1.0 - (learned * anchor).sum(dim=-1)).mean()  # both are unit vectors
+        loss = model.prompt_cfg.kg_weight * (1.0 - (learned * anchor).sum(dim=-1)).mean()  # both are unit vectors
         levers = density_levers(model)
         return loss if levers is None else loss + levers

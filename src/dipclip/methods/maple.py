@@ -5,13 +5,16 @@ Text side: 2 context tokens initialised from the first 2 tokens of "a photo of a
 text layers 1..depth-1 the context positions are replaced by layer-specific learned tokens (N(0, 0.02)).
 Vision side: at layer 0 the tokens ``Linear_0(P)`` are appended after the patch tokens, and at layers
 1..depth-1 they are replaced by ``Linear_i(deep text prompt i)`` (one Linear(text width -> vision width)
-per layer). Loss: cross-entropy. Depth is clipped to the layer count of both towers (small test models).
+per layer; as in the authors' code the deep ones start as copies of one Linear, Linear_0 has its own
+init). Loss: cross-entropy. Depth is clipped to the layer count of both towers (small test models).
 
 At ViT-B/16 widths (text 512, vision 768, depth 9): 2*512 + 8*2*512 + 9*(512*768 + 768) = 3,555,072 numbers.
 Published recipe: SGD lr 0.0035, batch 4, 5 epochs (``--batch-size 4 --epochs 5``).
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import nn
@@ -83,8 +86,10 @@ class MaPLeCLIP(DeepPromptCLIP):
         super().__init__(backbone, classnames, prompt_cfg)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(prompt_cfg.init_seed)
-            self.projections = nn.ModuleList(nn.Linear(backbone.text.width, self.vision.width)
-                                             for _ in range(self.depth))
+            first = nn.Linear(backbone.text.width, self.vision.width)
+            deep = nn.Linear(backbone.text.width, self.vision.width)
+        # as MaPLe's code: the layer-0 map has its own init, the deep maps are copies of one Linear (same init)
+        self.projections = nn.ModuleList([first, *(copy.deepcopy(deep) for _ in range(self.depth - 1))])
         self.projections.to(backbone.device)
 
     def vision_prompts(self, merged: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:

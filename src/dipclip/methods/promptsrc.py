@@ -13,12 +13,15 @@ Loss (the published repository's ``forward_backward``)::
 The frozen text feature of a class is the normalised mean of CLIP's unnormalised features over the 60
 ImageNet templates below; the frozen logits use the plain image tower and those features.
 
-Gaussian prompt aggregation (GPA): after epoch e (1-based) the learned tensors are added with weight
-g(e) / sum_e' g(e'), g a Gaussian over epochs with mean 0.75 * epochs and std 1 -- the published base-to-new
-GPA_MEAN 15 and GPA_STD 1 at 20 epochs, scaled for other run lengths (the published 50-epoch few-shot configs
-use 30/30 or 45/5 instead); the aggregate replaces the prompts at the end of training and is kept in the
-checkpoint, so ``--resume`` is exact. Published recipe: SGD lr 0.0025, batch 4, 20 epochs
-(``--batch-size 4 --epochs 20``).
+Gaussian prompt aggregation (GPA): after epoch e (1-based) the prompts are added with weight
+g(e) / sum_e' g(e'), g a Gaussian over epochs with mean ``prompt.gpa_mean`` and std ``prompt.gpa_std``
+(published base-to-new: 15 and 1 at 20 epochs; few-shot 30/30 or 45/5 at 50; cross-dataset 6/10). Without
+a mean, 0.75 * epochs (15 at 20 epochs, scaled for other run lengths). The aggregate replaces the prompts at
+the end of training and is kept in the checkpoint, so ``--resume`` is exact. With DIP the aggregate is the
+weighted mean of the *merged* prompts P0 + A_e @ B_e (what the authors' state-dict average is for a plain
+prompt), not P0 + mean(A) @ mean(B); that mean is no longer a rank-r update, so the aggregated model keeps
+each DIP prompt as one full matrix (stored so in its adapter; ``trainable_params`` still counts what was
+trained). Published recipe: SGD lr 0.0025, batch 4, 20 epochs (``--batch-size 4 --epochs 20``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import torch
 from torch import nn
 
 from ..backbones.loading import Backbone
+from ..errors import DipclipError
+from ..prompts import FullRankContext, LowRankContext
 from ..prompts.class_prompts import clean_classname
 from .base import OptimConfig, PromptCLIP, PromptConfig, PromptMethod, density_levers, parameterize
 from .maple import DeepPromptCLIP
@@ -52,7 +57,18 @@ PROMPTSRC_TEMPLATES = (
     "a sketch of the {}.", "a embroidered {}.", "a pixelated photo of a {}.", "itap of the {}.",
 )
 N_CTX_VISION = 4
-GPA_MEAN_FRACTION, GPA_STD = 0.75, 1.0  # published base-to-new: GPA_MEAN 15, GPA_STD 1 at 20 epochs
+GPA_MEAN_FRACTION = 0.75  # without a configured mean: 0.75 * epochs (the published 15 at 20 epochs)
+
+
+class AggregatedContext(FullRankContext):
+    """A DIP prompt after GPA: the weighted mean of its merged prompts, kept whole (no longer rank r)."""
+
+    kind = "dip-gpa"
+
+    def __init__(self, initial: torch.Tensor, matrix: torch.Tensor):
+        super().__init__(initial)
+        with torch.no_grad():
+            self.ctx.copy_(matrix.to(self.ctx.dtype))
 
 
 class PromptSRCCLIP(DeepPromptCLIP):
@@ -68,6 +84,50 @@ class PromptSRCCLIP(DeepPromptCLIP):
                                             for i, init in enumerate(inits))
         else:
             self.vision_ctx = nn.ParameterList(nn.Parameter(init.to(backbone.device)) for init in inits)
+        self.trained_numbers = super().num_trainable()
+
+    def num_trainable(self) -> int:
+        """The numbers training learns (unchanged when GPA folds DIP prompts into whole matrices)."""
+        return self.trained_numbers
+
+    def low_rank_modules(self) -> dict[str, LowRankContext]:
+        return {name: m for name, m in self.named_modules() if isinstance(m, LowRankContext)}
+
+    def gpa_snapshot(self) -> dict[str, torch.Tensor]:
+        """What GPA averages: each DIP prompt merged (``<module>.merged``), every other learned tensor as is."""
+        low = self.low_rank_modules()
+        snapshot = {f"{name}.merged": m.merged() for name, m in low.items()}
+        for name, p in self.learnable_named_parameters():
+            if name.rpartition(".")[0] not in low:
+                snapshot[name] = p.detach()
+        return snapshot
+
+    def fold(self, name: str, matrix: torch.Tensor) -> None:
+        """Replace the DIP prompt ``name`` by the whole matrix ``matrix`` (its initial prompt is kept)."""
+        module = self.get_submodule(name)
+        parent_name, _, child = name.rpartition(".")
+        parent = self.get_submodule(parent_name) if parent_name else self
+        setattr(parent, child, AggregatedContext(module.initial, matrix).to(module.initial.device))
+
+    def load_aggregate(self, aggregate: dict[str, torch.Tensor]) -> None:
+        """Make the model the GPA model: DIP prompts become their averaged merged matrices, the rest is loaded."""
+        plain = {}
+        for key, tensor in aggregate.items():
+            if key.endswith(".merged"):
+                self.fold(key.removesuffix(".merged"), tensor)
+            else:
+                plain[key] = tensor
+        expected = dict(self.learnable_named_parameters())
+        with torch.no_grad():
+            for key, tensor in plain.items():
+                expected[key].copy_(tensor.to(expected[key].device, expected[key].dtype))
+
+    def load_learnable_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Also takes a GPA adapter of a DIP model, where each DIP prompt is stored as one matrix (``.ctx``)."""
+        for name, module in self.low_rank_modules().items():
+            if f"{name}.ctx" in state and f"{name}.A" not in state:
+                self.fold(name, module.initial)
+        super().load_learnable_state(state)
 
     def vision_prompts(self, merged: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if isinstance(self.vision_ctx, nn.ModuleList):
@@ -77,11 +137,14 @@ class PromptSRCCLIP(DeepPromptCLIP):
         return prompts[0], prompts[1:]
 
 
-def gpa_weights(epochs: int) -> list[float]:
-    """Normalised Gaussian weights of epochs 1..epochs: mean 0.75 * epochs, std 1 (15 and 1 at 20 epochs)."""
-    mean = GPA_MEAN_FRACTION * epochs
-    raw = [math.exp(-0.5 * ((e - mean) / GPA_STD) ** 2) for e in range(1, epochs + 1)]
+def gpa_weights(epochs: int, mean: float | None = None, std: float = 1.0) -> list[float]:
+    """Normalised Gaussian weights of epochs 1..epochs (mean None: 0.75 * epochs)."""
+    mean = GPA_MEAN_FRACTION * epochs if mean is None else mean
+    raw = [math.exp(-0.5 * ((e - mean) / std) ** 2) for e in range(1, epochs + 1)]
     total = sum(raw)
+    if total == 0:
+        raise DipclipError(f"GPA mean {mean} and std {std} give every one of the {epochs} epochs weight 0; "
+                           "use a mean within the epochs or a larger std")
     return [w / total for w in raw]
 
 
@@ -134,14 +197,15 @@ class PromptSRC(PromptMethod):
         return loss if levers is None else loss + levers
 
     def end_epoch(self, model: PromptCLIP, epoch: int, epochs: int) -> None:
-        weight = gpa_weights(epochs)[epoch]
-        for name, tensor in model.learnable_state().items():
+        cfg = model.prompt_cfg
+        weight = gpa_weights(epochs, cfg.gpa_mean, cfg.gpa_std)[epoch]
+        for name, tensor in model.gpa_snapshot().items():
             weighted = tensor.detach().cpu().double() * weight
             self.aggregate[name] = weighted if name not in self.aggregate else self.aggregate[name] + weighted
 
     def end_training(self, model: PromptCLIP, epochs: int) -> None:
         if self.aggregate:
-            model.load_learnable_state({name: t.float() for name, t in self.aggregate.items()})
+            model.load_aggregate({name: t.float() for name, t in self.aggregate.items()})
 
     def training_state(self) -> dict[str, torch.Tensor]:
         return {f"gpa.{name}": t.clone() for name, t in self.aggregate.items()}

@@ -11,7 +11,7 @@ from ..backbones.loading import Backbone
 from ..errors import DipclipError
 from ..prompts.class_prompts import clean_classname
 
-# The seven templates Tip-Adapter and CoOp's follow-ups ensemble on ImageNet (CLIP's "best 7").
+# The seven templates CoOp's prompt-ensembling zero-shot baseline averages (CLIP's "best 7" for ImageNet).
 ENSEMBLE_TEMPLATES = (
     "itap of a {}.",
     "a bad photo of the {}.",
@@ -21,6 +21,16 @@ ENSEMBLE_TEMPLATES = (
     "art of the {}.",
     "a photo of the small {}.",
 )
+
+
+def ensemble_templates(dataset: str | None, dataset_template: str) -> list[str]:
+    """The templates of CoOp's ensemble baseline: the seven above, then the dataset's own template, which is
+    left out for ImageNet itself (its template is already CLIP's ImageNet prompt). The ImageNet variants and
+    every other dataset (custom ones too) get theirs added."""
+    templates = list(ENSEMBLE_TEMPLATES)
+    if dataset != "imagenet":
+        templates.append(dataset_template)
+    return templates
 
 
 @torch.no_grad()

@@ -7,7 +7,8 @@ recipe is resolved for a protocol, a dataset and a shot count: protocol values o
 
 Sections map onto the run's configuration: ``train`` (epochs, batch_size), ``optim`` (optimizer, lr,
 momentum, weight_decay, warmup_epochs, warmup_lr), ``prompt`` (n_ctx, init_text: ``null`` for a random
-context, class_position, class_specific, prompt_depth) and ``method`` (the method's own loss weights).
+context, class_position, class_specific, prompt_depth) and ``method`` (the numbers of the method's own
+loss: kg_weight, prograd_lambda, gpa_mean, gpa_std). Both end up in the run's ``PromptConfig``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ SECTIONS = {
     "train": {"epochs", "batch_size"},
     "optim": {"optimizer", "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_lr"},
     "prompt": {"n_ctx", "init_text", "class_position", "class_specific", "prompt_depth"},
-    "method": None,  # checked by the method itself (its options)
+    "method": {"kg_weight", "prograd_lambda", "gpa_mean", "gpa_std"},  # methods.base.METHOD_SETTINGS
 }
 PROTOCOL_KEYS = {"files", "why", "rules", *SECTIONS}
 
@@ -96,7 +97,7 @@ def _check_section(section: str, keys: dict, where: str) -> None:
     if section not in SECTIONS:
         raise DipclipError(f"{where}: unknown section {section!r}; use {', '.join(SECTIONS)}")
     allowed = SECTIONS[section]
-    if allowed is not None and set(keys) - allowed:
+    if set(keys) - allowed:
         raise DipclipError(f"{where}: unknown {section} key(s) {sorted(set(keys) - allowed)}")
 
 

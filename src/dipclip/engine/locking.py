@@ -1,0 +1,106 @@
+"""One writer per output folder.
+
+Two runs writing into one ``--out`` would interleave checkpoints and metrics and leave one result silently
+gone. :func:`output_lock` holds an exclusive POSIX ``flock`` on ``FOLDER/.dipclip.lock`` for the whole run;
+a second process asking for the same folder is refused at once, in one line. The kernel drops the lock when
+its process ends, however it ends (a crash or ``kill -9`` included), so a dead run never blocks the next
+one; the lock file itself is removed on a clean exit. On systems without ``flock`` (Windows) or on file
+systems that refuse it, there is no lock, as before.
+
+While the lock is held nobody else writes into the folder, so temporary files left there by a killed
+atomic write of a run's file (``.metrics.json.XXXXXXXX.tmp``, ...) are removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import DipclipError
+from ..paths import remove_stale_temps
+
+LOCK_NAME = ".dipclip.lock"
+# what runs write into their folders: only temporaries of such files are removed (``--out`` may be any folder)
+OUTPUT_SUFFIXES = (".json", ".pt", ".safetensors", ".csv", ".md")
+
+
+def _holder(fd: int) -> str:
+    """' (pid N on HOST)' from the lock file's content, or '' when it is not readable yet."""
+    try:
+        text = os.pread(fd, 200, 0).decode(errors="replace").split()
+    except OSError:
+        return ""
+    return f" (pid {text[0]} on {text[1]})" if len(text) >= 2 else ""
+
+
+def _acquire(path: Path, flag: str, folder: Path) -> int | None:
+    """An fd holding the exclusive lock on ``path``; ``None`` where locking is not available."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise DipclipError(f"cannot create the lock file {path} ({exc.strerror}); {flag} must be a writable "
+                               "folder") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise DipclipError(f"{flag} {folder} is in use by another dipclip run{holder}; wait for it to finish "
+                               f"or choose another {flag}") from None
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+                return None  # a file system without locks: run unlocked, as on Windows
+            raise
+        # The previous holder removes the file on exit: if ours is no longer the file at ``path``, retry.
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def output_lock(folder: str | Path, flag: str = "--out") -> Iterator[Path]:
+    """Hold ``folder`` (created if missing) for this process; :class:`DipclipError` if another one holds it.
+
+    ``flag`` names the option the folder came from, for the messages. Empty folders this call created are
+    removed again on exit, so a run refused later (bad data, say) leaves nothing behind.
+    """
+    folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise DipclipError(f"{flag} {folder} is a file, not a folder; choose another {flag}")
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # innermost first
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DipclipError(f"cannot create {flag} {folder} ({exc.strerror}); choose a writable folder") from None
+    path = folder / LOCK_NAME
+    fd = _acquire(path, flag, folder)
+    try:
+        if fd is not None:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+            for sub in (folder, *(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink())):
+                remove_stale_temps(sub, min_age_seconds=0, suffixes=OUTPUT_SUFFIXES)
+        yield folder
+    finally:
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            os.close(fd)
+        for made in created:  # only succeeds while empty: a run that wrote nothing leaves nothing behind
+            try:
+                made.rmdir()
+            except OSError:
+                break
