@@ -504,6 +504,78 @@ def test_no_traceback_in_a_real_process(trained, tmp_path):
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
+
+SUMMARY_DAMAGE = {
+    "not JSON": (lambda p: _write(p, "{\"protocol\": "), "is not valid JSON"),
+    "nested 100k deep": (lambda p: _write(p, "[" * 100_000), "nested too deeply"),
+    "a JSON list": (lambda p: _write(p, "[]"), "holds a JSON list"),
+    "not UTF-8": (lambda p: _write(p, b"\xff\xff"), "not UTF-8"),
+    "another protocol": (lambda p: _write(p, json.dumps({"protocol": "b2n"})), "not a protocol summary.json"),
+    "a FIFO": (lambda p: os.mkfifo(p), "not found"),
+    "missing": (lambda p: None, "not found"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SUMMARY_DAMAGE))
+def test_plot_of_a_damaged_summary_is_one_line(case, tmp_path, capsys):
+    path = tmp_path / "summary.json"
+    make, expected = SUMMARY_DAMAGE[case]
+    make(path)
+    code, _, err = run(["plot", path], capsys)
+    assert str(path) in assert_refused(code, err, expected)
+
+
+@pytest.mark.parametrize("case,content,expected", [
+    ("not JSON", "{", "is not valid JSON"),
+    ("nested", "{\"a\": " * 100_000, "nested too deeply"),
+    ("a number", "7", "holds a JSON int"),
+    ("no history", json.dumps({"results": {}}), "has no training history"),
+])
+def test_analyze_of_a_damaged_run_is_one_line(case, content, expected, tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text(content)
+    code, _, err = run(["analyze", tmp_path / "run", "--out", tmp_path / "an"], capsys)
+    assert "metrics.json" in assert_refused(code, err, expected)
+
+
+def test_a_deeply_nested_split_file_is_named(tiny_config_path, image_tree, tmp_path, capsys):
+    shutil.copytree(image_tree, tmp_path / "images")
+    split = tmp_path / "images" / "split_dipclip.json"
+    split.write_text("[" * 100_000)
+    code, _, err = run(["zeroshot", "--model", tiny_config_path, "--pretrained", "none", "--data",
+                        tmp_path / "images", "--dataset", "imagefolder"], capsys)
+    assert_refused(code, err, str(split), "nested too deeply")
+
+
+
+@pytest.mark.parametrize("kind", ["a FIFO", "a symlink loop", "a folder"])
+def test_predict_refuses_images_that_are_not_files_before_loading_a_model(kind, tmp_path, capsys):
+    path = tmp_path / "photo.png"
+    {"a FIFO": lambda: os.mkfifo(path), "a symlink loop": lambda: path.symlink_to(path.name),
+     "a folder": path.mkdir}[kind]()
+    code, _, err = run(["predict", path, "--classes", "a,b", "--pretrained", "dipclip-tiny"], capsys)
+    expected = {"a FIFO": "not a regular file", "a symlink loop": "symlink loop", "a folder": "is a folder"}[kind]
+    assert str(path) in assert_refused(code, err, expected)
+    assert "weights:" not in err  # refused before the model was loaded (a FIFO would have hung the decoder)
+
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--dataset", "demo"], "no backbone given"),
+    (["--dataset", "demo", "--pretrained", "dipclip-tiny", "--device", "tpu9"], "unknown device 'tpu9'"),
+    (["--dataset", "demo", "--workers", "-2"], "--workers: must be >= 0"),
+    (["--pretrained", "dipclip-tiny"], "the following arguments are required: --dataset"),
+])
+def test_the_encode_tool_has_the_same_boundary(argv, expected, capsys):
+    from dipclip.cli.encode import main as encode
+
+    try:
+        code = encode(argv)
+    except SystemExit as exit_info:
+        code = exit_info.code
+    assert_refused(code, capsys.readouterr().err, expected)
+
+
 # ---- item 8: words the shipped small model does not know ------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -552,3 +624,9 @@ def test_prompt_models_warn_once_per_word(tiny_clip, capsys):
 def test_a_full_vocabulary_never_warns(tiny_backbone, capsys):
     tiny_backbone.tokenize(["a photo of a quokka."])
     assert tiny_backbone.unknown_words(["quokka"]) == [] and _warnings(capsys.readouterr().err) == []
+
+
+def test_dry_run_refuses_missing_weights_like_the_run(tiny_config_path, capsys):
+    code, out, err = run(["train", "--model", tiny_config_path, "--dataset", "demo", "--dry-run"], capsys)
+    assert_refused(code, err, "pass `--pretrained none` for random weights")
+    assert out == ""

@@ -7,7 +7,6 @@ with Spearman's rho, and plots both per epoch.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 
 from .engine.reproducibility import atomic_write_json
 from .errors import DipclipError
+from .files import read_json
 from .plots import plot_density_and_accuracy
 
 
@@ -47,7 +47,7 @@ def load_run(path: str | Path) -> dict:
     metrics_file = folder / "metrics.json" if folder.is_dir() else folder
     if not metrics_file.is_file():
         raise DipclipError(f"{path} is not a run folder (no metrics.json); give the --out folder of `dipclip train`")
-    metrics = json.loads(metrics_file.read_text())
+    metrics = read_json(metrics_file, "run metrics", "give the --out folder of a finished `dipclip train`")
     if not metrics.get("history"):
         raise DipclipError(f"{metrics_file} has no training history (zero-shot or evaluation runs have none)")
     return metrics

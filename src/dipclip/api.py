@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -37,6 +38,7 @@ from .engine.locking import output_lock
 from .engine.reproducibility import atomic_write_bytes, atomic_write_json
 from .engine.trainer import TrainConfig, Trainer
 from .errors import DipclipError, warn
+from .files import check_regular_file
 from .methods import OptimConfig, PromptConfig, PromptMethod, get_method, with_prompt
 from .methods.base import METHOD_SETTINGS
 from .methods.zeroshot import ENSEMBLE_TEMPLATES, ensemble_templates, zeroshot_text_features
@@ -234,7 +236,7 @@ def _plan_from_train_arguments(method: str, *, recipe: str, dataset: str | None,
 
 
 def train_config(method: str = "dip", *, recipe: str = "base2new", model: str | None = None,
-                 pretrained: str = "none", data: str | None = None, dataset: str | None = None,
+                 pretrained: str | None = None, data: str | None = None, dataset: str | None = None,
                  shots: int | None = 16, seed: int = 1, subsample: str = "all", device: str = "auto",
                  prompt: str | None = None, epochs: int | None = None, batch_size: int | None = None,
                  optimizer: str | None = None, lr: float | None = None, method_options: dict | None = None,
@@ -525,6 +527,9 @@ def predict(
 
     if not images:
         raise DipclipError("no images given; pass one or more image files")
+    for path in images:  # before any model is loaded; a FIFO or device would block the decoder forever
+        if os.path.lexists(path):
+            check_regular_file(path, "image", "give image files")
     if top_k < 1:
         raise DipclipError(f"--top-k must be >= 1, got {top_k}")
     if classnames is None and dataset is not None:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import DipclipError
+from ..errors import DipclipError, warn
 from ..files import read_json, read_safetensors
 from . import embedded
 from .build import build_from_config, file_sha256
@@ -90,9 +90,9 @@ class Backbone:
         self._warned_words.update(new)
         shown = ", ".join(repr(word) for word in new[:12]) + (f" and {len(new) - 12} more" if len(new) > 12 else "")
         if os.environ.get("RANK", "0") == "0":
-            print(f"dipclip: warning: {self.name} does not know the word(s) {shown} (in class names or templates): "
-                  "they embed as zero vectors and carry no meaning; use words it knows, or a full CLIP such as "
-                  "--model ViT-B-16 --pretrained openai", file=sys.stderr, flush=True)
+            warn(f"{self.name} does not know the word(s) {shown} (in class names or templates): they embed as "
+                 "zero vectors and carry no meaning; use words it knows, or a full CLIP such as --model ViT-B-16 "
+                 "--pretrained openai")
 
     @cached_property
     def vision(self) -> VisionTower | None:
@@ -169,14 +169,13 @@ def load_backbone(
     of reading that file, so an adapter evaluates from any folder.
     """
     torch_device = device if isinstance(device, torch.device) else resolve_device(device)
-    if pretrained is None:
-        raise DipclipError(_missing_weights_message(model))
+    require_weights(model, pretrained)
     if embedded.is_embedded(pretrained) and model is not None:
         raise DipclipError(f"--pretrained {pretrained} is dipclip's own model with its own architecture; "
                            f"drop --model {model}, or give weights for {model} with --pretrained TAG|FILE")
     if embedded.is_embedded(pretrained):
         clip_model, tokenizer, identity, name = embedded.load_embedded(pretrained)
-    elif _looks_like_file(pretrained):
+    elif pretrained != "none" and _looks_like_file(pretrained):  # a file called "none" is not weights
         clip_model, tokenizer, identity, name = _from_weights_file(model, pretrained, model_config)
     elif model is None:
         raise DipclipError(
@@ -199,12 +198,20 @@ def load_backbone(
         model=clip_model, text=text, tokenizer=tokenizer, name=name, pretrained=pretrained,
         identity=identity, image_size=image_size, mean=mean, std=std, model_arg=model,
         model_config=model_config if model_config is not None else _config_of(model),
-        weights_file=os.path.abspath(os.path.expanduser(pretrained)) if _is_file(pretrained) else None,
+        weights_file=(os.path.abspath(os.path.expanduser(pretrained))
+                      if pretrained != "none" and not embedded.is_embedded(pretrained) and _is_file(pretrained)
+                      else None),
         known_tokens=embedded.embedded_vocabulary(pretrained) if embedded.is_embedded(pretrained) else None,
     )
     if announce and os.environ.get("RANK", "0") == "0":
         print(weights_line(backbone), file=sys.stderr, flush=True)
     return backbone
+
+
+def require_weights(model: str | None, pretrained: str | None) -> None:
+    """Refuse a backbone without ``pretrained``: random weights only when asked for with ``"none"``."""
+    if pretrained is None:
+        raise DipclipError(_missing_weights_message(model))
 
 
 def _missing_weights_message(model: str | None) -> str:

@@ -8,13 +8,11 @@ with ``--resume``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import traceback
 from collections.abc import Sequence
 
-from ..errors import DipclipError
 from . import adapter, analysis, data, demo, evaluate, protocols, recipes, train
+from .boundary import run_guarded
 from .common import FORMATTER, OneLineErrorParser
 
 
@@ -50,24 +48,12 @@ def _add_debug_flag(parser: argparse.ArgumentParser, top: bool = True) -> None:
                     _add_debug_flag(child, top=False)
 
 
-def _debug_requested(argv: Sequence[str]) -> bool:
-    return os.environ.get("DIPCLIP_DEBUG", "").strip().lower() not in ("", "0", "false", "no") or "--debug" in argv
-
-
-def _fail(message: str, debug: bool) -> int:
-    if debug:
-        traceback.print_exc()
-    line = " ".join(str(message).split())  # one line, whatever the exception held
-    print(f"dipclip: error: {line}", file=sys.stderr)
-    return 2
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """The CLI. Every failure ends in one ``dipclip: error:`` line and exit status 2 (130 when interrupted);
     the traceback only with ``--debug`` or ``DIPCLIP_DEBUG=1``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = _debug_requested(argv)
-    try:
+
+    def body() -> int:
         if argv[:1] == ["pretrain"]:  # its own parser, so that `dipclip pretrain --help` is its help
             from ..pretrain import main as pretrain_main
 
@@ -75,7 +61,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser()
         _add_debug_flag(parser)
         args = parser.parse_args(argv)
-        debug = debug or bool(getattr(args, "debug", False))
         if not getattr(args, "func", None):
             parser.print_help()
             return 0
@@ -85,15 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if device is not None and hasattr(args, "device"):
             args.device = device
         return int(args.func(args) or 0)
-    except DipclipError as exc:
-        return _fail(str(exc), debug)
-    except KeyboardInterrupt:
-        print("dipclip: interrupted; finished epochs are checkpointed, rerun with --resume", file=sys.stderr)
-        return 130
-    except Exception as exc:  # noqa: BLE001 - the one boundary: a disk, memory or a file we did not foresee
-        from ..files import describe_error
 
-        return _fail(describe_error(exc), debug)
+    return run_guarded(body, argv)
 
 
 if __name__ == "__main__":

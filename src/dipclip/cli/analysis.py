@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import DipclipError
+from ..files import read_json
 from .common import FORMATTER, out_dir, path_arg
 
 
@@ -57,11 +57,10 @@ def cmd_plot(args) -> int:
     path = Path(args.summary)
     if not path.is_file():
         raise DipclipError(f"{path} not found; give the summary.json a protocol command wrote")
-    try:
-        summary = json.loads(path.read_text())
-        protocol = summary["protocol"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise DipclipError(f"{path} is not a protocol summary.json") from None
+    summary = read_json(path, "protocol summary", "give the summary.json a protocol command wrote")
+    protocol = summary.get("protocol")
+    if protocol not in ("base2new", "fewshot", "xd", "dg"):
+        raise DipclipError(f"{path} is not a protocol summary.json (protocol {protocol!r})")
     out = Path(args.out) if args.out else path.parent
     if protocol == "fewshot":
         target = out / "fewshot_curves.png"

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Sequence
 
-from ..errors import DipclipError
-from .common import non_negative_int, path_arg
+from .boundary import run_guarded
+from .common import FORMATTER, OneLineErrorParser, non_negative_int, path_arg
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,8 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..engine.features import FeatureStore
 
 
-    parser = argparse.ArgumentParser(prog="python -m dipclip.cli.encode", description=main.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineErrorParser(prog="python -m dipclip.cli.encode", description=main.__doc__,
+                                formatter_class=FORMATTER)
     parser.add_argument("--model", type=path_arg, default=None)
     parser.add_argument("--pretrained", type=path_arg, default=None, help="required; 'none' for random weights")
     parser.add_argument("--data", type=path_arg, default=None)
@@ -53,7 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             device = f"cuda:{local}"
         else:
             device = "cpu"
-    try:
+
+    def body() -> int:
         backbone = load_backbone(args.model, args.pretrained, device=device)
         items = api.load_data(args.data, args.dataset, None, 1, args.subsample).split(args.split)
         store = FeatureStore.default()
@@ -63,13 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             state = "read back" if store.hits else "encoded"
             print(f"{args.dataset} {args.split}: {len(items)} images {state} ({encoded.skipped} skipped); "
                   f"store {store.root if store.enabled else 'off'}")
-    except DipclipError as exc:
-        print(f"dipclip: error: {exc}", file=sys.stderr)
-        return 2
+        return 0
+
+    try:
+        return run_guarded(body, list(sys.argv[1:] if argv is None else argv))
     finally:
         if distributed:
             dist.destroy_process_group()
-    return 0
 
 
 if __name__ == "__main__":

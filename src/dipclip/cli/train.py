@@ -45,6 +45,9 @@ def cmd_train(args) -> int:
     from .. import api
 
     if args.dry_run:
+        from ..backbones.loading import require_weights
+
+        require_weights(args.model, args.pretrained)  # refused as the run would be, without loading anything
         print(json.dumps(api.train_config(
             args.method, recipe=args.recipe, model=args.model, pretrained=args.pretrained, data=args.data,
             dataset=args.dataset, shots=args.shots, seed=args.seed, subsample=args.subsample, device=args.device,

@@ -237,6 +237,8 @@ def _load_json(path: Path, dataset: str, fix: str, problems: list[Problem]) -> o
         problems.append(Problem(dataset, f"{path} is not valid JSON ({exc})", fix, str(path)))
     except (OSError, UnicodeDecodeError) as exc:
         problems.append(Problem(dataset, f"cannot read {path} ({exc})", fix, str(path)))
+    except RecursionError:
+        problems.append(Problem(dataset, f"{path} is nested too deeply to be a split file", fix, str(path)))
     return None
 
 
