@@ -50,25 +50,27 @@ def probability(text: str) -> float:
     return value
 
 
-def positive_float(text: str) -> float:
-    """A finite number > 0 (a learning rate: inf or nan would train non-finite weights)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
+def finite_number(minimum: float | None = None, strict: bool = False):
+    """An argparse type for finite numbers (>= ``minimum``, or > with ``strict``), with a one-line reason:
+    inf or nan would train non-finite weights."""
+    bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number{bound}, got {text!r}") from None
+        below = minimum is not None and (value <= minimum if strict else value < minimum)
+        if not math.isfinite(value) or below:
+            raise argparse.ArgumentTypeError(f"must be a finite number{bound}, got {text}")
+        return value
+
+    return parse
 
 
-def finite_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
+positive_float = finite_number(0, strict=True)
+non_negative_float = finite_number(0)
+finite_float = finite_number()
 
 
 def path_arg(text: str) -> str:

@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import math
 
-from .common import non_negative_int, positive_float, positive_int, probability, views_arg
+from .common import non_negative_float, non_negative_int, positive_float, positive_int, probability, views_arg
 
 RECIPE_CHOICES = ("base2new", "fewshot", "xd")
-
-
-def non_negative_finite(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
 
 
 def method_option(text: str) -> tuple[str, float]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. kg_weight=8), got {text!r}")
-    return key.strip(), non_negative_finite(value)
+    return key.strip(), non_negative_float(value)
 
 
 def add_override_args(parser: argparse.ArgumentParser, *, protocol_command: bool = False) -> None:
@@ -65,13 +54,13 @@ def add_override_args(parser: argparse.ArgumentParser, *, protocol_command: bool
                         help="MaPLe/PromptSRC: layers with learned prompts, clipped to the towers' depth "
                              "(default: the recipe's, 9; 3 in xd)")
     prompt.add_argument("--density-k", type=positive_int, default=1, help="k of the ID_k logged per epoch")
-    prompt.add_argument("--lambda-do", type=non_negative_finite, default=None,
+    prompt.add_argument("--lambda-do", type=non_negative_float, default=None,
                         help="Direct Optimisation: subtract lambda * ID_k(P) from the loss (default 0, off)")
-    prompt.add_argument("--lambda-pp", type=non_negative_finite, default=None,
+    prompt.add_argument("--lambda-pp", type=non_negative_float, default=None,
                         help="Positional Penalty on the tail singular values of P (default 0, off)")
     prompt.add_argument("--id-k", type=positive_int, default=None, help="k of both ID levers (default 1)")
     method = parser.add_argument_group("method options")
-    method.add_argument("--prograd-lambda", type=non_negative_finite, default=None,
+    method.add_argument("--prograd-lambda", type=non_negative_float, default=None,
                         help="ProGrad: the fraction of the conflicting gradient component removed (LOSS.LAMBDA; "
                              "default: the recipe's, 1.0; 0.8 for Flowers, DTD, EuroSAT at 8-16 shots in fewshot)")
     method.add_argument("--method-option", action="append", type=method_option, default=None, metavar="KEY=VALUE",
