@@ -34,7 +34,8 @@ def add_commands(sub) -> None:
     data_args(zeroshot)
     zeroshot.add_argument("--split", default="test", choices=("train", "val", "test"), help="default: test")
     zeroshot.add_argument("--template", action="append", default=None, help="template with {} (repeatable)")
-    zeroshot.add_argument("--ensemble", action="store_true", help="average over CLIP's 7 ImageNet templates too")
+    zeroshot.add_argument("--ensemble", action="store_true", help="CoOp's ensemble baseline: CLIP's 7 templates plus the dataset's own (not on ImageNet); "
+                               "with --template, the given templates plus the 7")
     out_arg(zeroshot, None)
     zeroshot.set_defaults(func=cmd_zeroshot)
 
