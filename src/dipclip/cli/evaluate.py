@@ -25,7 +25,7 @@ def add_commands(sub) -> None:
     zeroshot = sub.add_parser(
         "zeroshot", formatter_class=FORMATTER, help="zero-shot CLIP accuracy with hand-written templates",
         description="Zero-shot CLIP with the dataset's published template (e.g. 'a photo of a {}, a type of\n"
-                    "pet.'), your own --template, or --ensemble (adds CLIP's 7 ImageNet templates).",
+                    "pet.'), your own --template, or --ensemble (CoOp's 7-template ensemble).",
         epilog="examples:\n"
                "  dipclip zeroshot --model ViT-B-16 --pretrained openai --data ~/data --dataset eurosat\n"
                "  dipclip zeroshot ... --template 'a photo of a {}.' --template 'art of a {}.' --out runs/zs\n",
