@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,18 @@ def make_image_tree(root: Path, per_class: dict[str, int], size: int = 24, seed:
 @pytest.fixture(scope="session")
 def image_tree(tmp_path_factory) -> Path:
     return make_image_tree(tmp_path_factory.mktemp("imagefolder"), {"train": 6, "test": 4})
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory):
+    """Module- and session-scoped fixtures run before the per-test cache below: they get their own."""
+    previous = os.environ.get("DIPCLIP_CACHE_DIR")
+    os.environ["DIPCLIP_CACHE_DIR"] = str(tmp_path_factory.mktemp("session-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("DIPCLIP_CACHE_DIR", None)
+    else:
+        os.environ["DIPCLIP_CACHE_DIR"] = previous
 
 
 @pytest.fixture(autouse=True)

@@ -6,8 +6,8 @@ from PIL import Image
 
 from dipclip.analysis import spearman_rho
 from dipclip.cli import main
-from dipclip.engine.protocols import ProtocolConfig, ProtocolRunner
 from dipclip.plots import plot_base_new_bars, plot_fewshot_curves
+from dipclip.protocols import ProtocolConfig, ProtocolRunner
 
 
 def test_spearman_rho_known_values():

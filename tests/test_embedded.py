@@ -12,8 +12,9 @@ import math
 import pytest
 import torch
 
+from dipclip.backbones.build import file_sha256
 from dipclip.backbones.embedded import embedded_path
-from dipclip.backbones.loading import file_sha256, load_backbone
+from dipclip.backbones.loading import load_backbone
 from dipclip.data.images import load_rgb
 from dipclip.data.transforms import test_transform as eval_transform
 

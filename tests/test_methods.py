@@ -49,13 +49,14 @@ def test_kgcoop_loss_is_zero_at_the_hand_crafted_prompt(tiny_backbone):
 META_NET_TINY = 32 * 2 + 2 + 2 * 64 + 64  # Linear(32, 2) + Linear(2, 64) at the tiny widths
 
 EXPECTED_TINY = {
-    "coop": 4 * 64, "dip": 4 + 64, "kgcoop": 4 * 64, "prograd": 4 * 64, "cocoop": 4 * 64 + META_NET_TINY,
-    "coop+dip": 4 + 64, "kgcoop+dip": 4 + 64, "prograd+dip": 4 + 64, "cocoop+dip": 4 + 64 + META_NET_TINY,
+    # the base-to-new recipes: 4 tokens "a photo of a", ProGrad and DePT 16 tokens
+    "coop": 4 * 64, "dip": 4 + 64, "kgcoop": 4 * 64, "prograd": 16 * 64, "cocoop": 4 * 64 + META_NET_TINY,
+    "coop+dip": 4 + 64, "kgcoop+dip": 4 + 64, "prograd+dip": 16 + 64, "cocoop+dip": 4 + 64 + META_NET_TINY,
     # one vision layer: MaPLe's depth is clipped to 1 (context + one Linear(64, 64)); deeper in test_methods_deep
     "maple": 2 * 64 + 64 * 64 + 64, "maple+dip": 2 + 64 + 64 * 64 + 64,
     "promptsrc": 4 * 64 + 4 * 64, "promptsrc+dip": 4 + 64 + 4 * 64,
     # DePT on the 2 base classes: cwT on text and image (2 x (32 + 32)) and a Linear(32, 2) head
-    "dept": 4 * 64 + 128 + 32 * 2 + 2, "dept+dip": 4 + 64 + 128 + 32 * 2 + 2,
+    "dept": 16 * 64 + 128 + 32 * 2 + 2, "dept+dip": 16 + 64 + 128 + 32 * 2 + 2,
 }
 
 

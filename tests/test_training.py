@@ -1,7 +1,6 @@
 import json
 
 import pytest
-import torch
 
 from dipclip import api
 from dipclip.engine.trainer import OptimConfig, learning_rate
@@ -47,7 +46,7 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path, tiny_config_path, imag
     resumed = api.train("dip", out=tmp_path / "killed", resume=True, **kwargs)
     assert resumed["history"] == uninterrupted["history"]
     assert resumed["results"] == uninterrupted["results"]
-    with pytest.raises(DipclipError, match="other settings or data"):
+    with pytest.raises(DipclipError, match=r"other settings \(.*train.seed 1 -> 5"):
         api.train("dip", out=tmp_path / "killed", resume=True, **(kwargs | {"seed": 5}))
 
 
@@ -55,10 +54,25 @@ def test_adamw_and_schedule(tmp_path, tiny_config_path, image_tree):
     metrics = api.train("coop", model=str(tiny_config_path), data=str(image_tree), out=tmp_path / "adamw",
                         optimizer="adamw", lr=1e-3, **COMMON)
     assert metrics["config"]["optim"]["optimizer"] == "adamw"
+
+
+# The lr of epochs 0..9 that Dassl's own build_lr_scheduler (cosine, constant warm-up 1 epoch at 1e-5,
+# WARMUP_RECOUNT=True, MAX_EPOCH 10, LR 0.002) sets, stepped once per epoch (fidelity audit).
+DASSL_LR_E10 = [1e-5, 2.0e-3, 1.95106e-3, 1.80902e-3, 1.58779e-3, 1.30902e-3, 1.0e-3, 6.9098e-4, 4.1221e-4,
+                1.9098e-4]
+
+
+def test_schedule_is_dassls():
     optim = OptimConfig(lr=0.002, warmup_epochs=1, warmup_lr=1e-5)
-    assert learning_rate(optim, 0, 10) == 1e-5
-    assert learning_rate(optim, 1, 10) == pytest.approx(0.001 * (1 + torch.cos(torch.tensor(torch.pi / 10)).item()))
-    assert learning_rate(optim, 5, 10) == pytest.approx(0.001)
+    assert [learning_rate(optim, e, 10) for e in range(10)] == pytest.approx(DASSL_LR_E10, rel=5e-5)  # the audit printed 5-6 digits
+
+
+def test_warmup_sets_every_group_then_scales(tmp_path):
+    from dipclip.engine.trainer import group_learning_rate
+
+    optim = OptimConfig(lr=0.0035, warmup_epochs=1, warmup_lr=1e-5)
+    assert group_learning_rate(optim, 0, 10, 6.5) == 1e-5  # DePT's new layers warm up at 1e-5 too
+    assert group_learning_rate(optim, 1, 10, 6.5) == pytest.approx(0.0035 * 6.5)
 
 
 def test_base_to_new_reports_both_halves(tmp_path, tiny_config_path, image_tree):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -32,9 +32,10 @@ from .engine.features import feature_store
 from .engine.reproducibility import atomic_write_bytes, atomic_write_json
 from .engine.trainer import TrainConfig, Trainer
 from .errors import DipclipError
-from .methods import get_method, with_prompt
+from .methods import OptimConfig, PromptConfig, PromptMethod, get_method, with_prompt
 from .methods.zeroshot import ENSEMBLE_TEMPLATES, zeroshot_text_features
 from .paths import cache_root
+from .recipes import Recipe, resolve_recipe
 
 METRICS_NAME = "metrics.json"
 
@@ -53,6 +54,22 @@ def load_data(data: str | None, dataset: str | None, shots: int | None = None, s
         return subsample_classes(splits, subsample)
     return few_shot_splits(splits, data, dataset, shots, seed, subsample=subsample,
                            cache_dir=cache_root() / "fewshot")
+
+
+def split_identity(splits: DatasetSplits) -> str:
+    """Identifies the images a run trains and tests on (file names and labels of train and test, and the
+    class list), so a finished run is never taken for one on other data."""
+    import hashlib
+
+    digest = hashlib.sha256("\n".join(splits.classnames).encode())
+    for name, items in (("train", splits.train), ("test", splits.test)):
+        digest.update(f"#{name}\n".encode())
+        for item in items:
+            where = Path(item.path)
+            if splits.image_root is not None and where.is_relative_to(splits.image_root):
+                where = where.relative_to(splits.image_root)
+            digest.update(f"{where.as_posix()}\t{item.label}\n".encode())
+    return digest.hexdigest()[:20]
 
 
 def embedded_data_root() -> Path:
@@ -81,6 +98,116 @@ def _backbone_for_adapter(adapter_config: dict, model: str | None, pretrained: s
     return load_backbone(model or recorded.get("model_arg"), pretrained or recorded["pretrained"], device=device)
 
 
+@dataclass
+class TrainingPlan:
+    """Everything a training run is, resolved from the method's recipe and the caller's overrides, before
+    any model or data is loaded (``dipclip train --dry-run`` prints :meth:`config`)."""
+
+    method: PromptMethod
+    recipe: Recipe
+    overrides: dict
+    prompt: PromptConfig
+    optim: OptimConfig
+    train: TrainConfig
+    dataset: str | None
+    shots: int | None
+    seed: int
+
+    def config(self, *, data: str | None, subsample: str, model: str | None, pretrained: str,
+               device: str) -> dict:
+        """The ``config`` of ``metrics.json`` and of the adapter."""
+        return {
+            "method": self.method.name,
+            "recipe": {**self.recipe.describe(), "overrides": self.overrides},
+            "data": data, "dataset": self.dataset, "shots": self.shots, "seed": self.seed, "subsample": subsample,
+            "prompt": self.prompt.to_dict(), "optim": asdict(self.optim), "train": asdict(self.train),
+            "method_options": self.method.options(),
+            "model": model, "pretrained": pretrained, "device": device,
+        }
+
+
+def clip_token_count(text: str) -> int:
+    """Tokens of ``text`` under CLIP's BPE, the tokenizer of every text tower dipclip accepts."""
+    import open_clip
+
+    return len(open_clip.tokenizer.SimpleTokenizer().encode(text))
+
+
+def plan_training(method: str, *, recipe: str = "base2new", dataset: str | None = None, shots: int | None = 16,
+                  seed: int = 1, prompt: str | None = None, epochs: int | None = None,
+                  batch_size: int | None = None, optimizer: str | None = None, lr: float | None = None,
+                  method_options: dict | None = None, prompt_overrides: dict | None = None,
+                  random_init: bool = False, train_options: dict | None = None) -> TrainingPlan:
+    """Resolve a run: the recipe of ``method`` for ``recipe``/``dataset``/``shots``, then every explicit
+    (non-``None``) argument on top. Validates everything; loads nothing."""
+    prompt_method = get_method(method)
+    if prompt is not None:
+        prompt_method = with_prompt(prompt_method, prompt)
+    chosen = resolve_recipe(prompt_method.name, recipe, dataset, shots)
+    given = {k: v for k, v in (prompt_overrides or {}).items() if v is not None}
+    overrides = {f"prompt.{k}": v for k, v in given.items()}
+    if random_init:
+        overrides["prompt.init_text"] = None
+    for dotted, value in (("train.epochs", epochs), ("train.batch_size", batch_size),
+                          ("optim.optimizer", optimizer), ("optim.lr", lr)):
+        if value is not None:
+            overrides[dotted] = value
+    overrides.update({f"method.{k}": v for k, v in (method_options or {}).items() if v is not None})
+
+    prompt_values = dict(chosen.values.get("prompt", {}))
+    if "init_text" in given and "n_ctx" not in given:  # CoOp: n_ctx follows the init text
+        given["n_ctx"] = clip_token_count(given["init_text"])
+    prompt_values.update(given)
+    if random_init or prompt_values.get("init_text", "unset") is None:
+        prompt_values["init_text"] = ""  # prompt_config's spelling of a random N(0, 0.02) context
+    prompt_cfg = prompt_method.prompt_config(**prompt_values)
+    optim_values = {**chosen.values.get("optim", {}), **{k.split(".")[1]: v for k, v in overrides.items()
+                                                          if k.startswith("optim.")}}
+    optim_cfg = prompt_method.optim_config(**optim_values)
+    train_values = {**chosen.values.get("train", {}), **{k.split(".")[1]: v for k, v in overrides.items()
+                                                          if k.startswith("train.")}}
+    train_cfg = TrainConfig(**train_values, seed=seed, **(train_options or {})).validate()
+    prompt_method.configure({**chosen.values.get("method", {}), **(method_options or {})})
+    return TrainingPlan(method=prompt_method, recipe=chosen, overrides=overrides, prompt=prompt_cfg,
+                        optim=optim_cfg, train=train_cfg, dataset=dataset, shots=shots, seed=seed)
+
+
+PROMPT_ARGUMENTS = ("n_ctx", "class_position", "class_specific", "rank", "dip_init", "dip_dropout", "init_text",
+                    "lambda_do", "lambda_pp", "id_k", "vision_dip", "prompt_depth")
+TRAIN_ARGUMENTS = ("workers", "density_k", "skip_bad_images", "views", "feature_cache", "eval_every")
+
+
+def _plan_from_train_arguments(method: str, *, recipe: str, dataset: str | None, shots: int | None, seed: int,
+                               prompt: str | None, epochs: int | None, batch_size: int | None,
+                               optimizer: str | None, lr: float | None, method_options: dict | None,
+                               random_init: bool, **rest) -> TrainingPlan:
+    prompt_overrides = {k: rest.pop(k) for k in PROMPT_ARGUMENTS if k in rest}
+    train_options = {k: rest.pop(k) for k in TRAIN_ARGUMENTS if k in rest}
+    if rest:
+        raise TypeError(f"unexpected training argument(s): {', '.join(sorted(rest))}")
+    return plan_training(
+        method, recipe=recipe, dataset=dataset, shots=shots, seed=seed, prompt=prompt, epochs=epochs,
+        batch_size=batch_size, optimizer=optimizer, lr=lr, method_options=method_options,
+        prompt_overrides=prompt_overrides, random_init=random_init, train_options=train_options,
+    )
+
+
+def train_config(method: str = "dip", *, recipe: str = "base2new", model: str | None = None,
+                 pretrained: str = "none", data: str | None = None, dataset: str | None = None,
+                 shots: int | None = 16, seed: int = 1, subsample: str = "all", device: str = "auto",
+                 prompt: str | None = None, epochs: int | None = None, batch_size: int | None = None,
+                 optimizer: str | None = None, lr: float | None = None, method_options: dict | None = None,
+                 random_init: bool = False, **prompt_and_train) -> dict:
+    """The ``config`` that :func:`train` with the same arguments would record, without loading a model or
+    data (``dipclip train --dry-run``); ``device`` is as requested, not yet resolved."""
+    plan = _plan_from_train_arguments(
+        method, recipe=recipe, dataset=dataset, shots=shots, seed=seed, prompt=prompt, epochs=epochs,
+        batch_size=batch_size, optimizer=optimizer, lr=lr, method_options=method_options, random_init=random_init,
+        **prompt_and_train)
+    return plan.config(data=resolve_data_root(data, dataset), subsample=subsample, model=model,
+                       pretrained=pretrained, device=device)
+
+
 def train(
     method: str = "dip",
     *,
@@ -91,8 +218,10 @@ def train(
     shots: int | None = 16,
     seed: int = 1,
     subsample: str = "all",
-    epochs: int = 10,
-    batch_size: int = 32,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    recipe: str = "base2new",
+    method_options: dict | None = None,
     optimizer: str | None = None,
     lr: float | None = None,
     n_ctx: int | None = None,
@@ -128,24 +257,22 @@ def train(
     (``results["base"]`` and ``results["new"]``); otherwise ``results["test"]``. ``views``: ``"fresh"``
     (a new augmentation of every image every epoch, protocol-exact) or N cached views cycled over the
     epochs; ``feature_cache=False`` keeps no image features on disk (the numbers are the same).
+
+    ``recipe`` (``base2new``, ``fewshot``, ``xd``) picks the method's published recipe for that protocol
+    (:mod:`dipclip.recipes`); every argument that is not ``None`` overrides one of its values, and
+    ``metrics.json`` records the recipe and those overrides.
     """
     began = time.perf_counter()
-    prompt_method = get_method(method)
-    if prompt is not None:
-        prompt_method = with_prompt(prompt_method, prompt)
+    plan = _plan_from_train_arguments(
+        method, recipe=recipe, dataset=dataset, shots=shots, seed=seed, prompt=prompt, epochs=epochs,
+        batch_size=batch_size, optimizer=optimizer, lr=lr, method_options=method_options, n_ctx=n_ctx,
+        class_position=class_position, class_specific=class_specific, rank=rank, dip_init=dip_init,
+        dip_dropout=dip_dropout, init_text=init_text, lambda_do=lambda_do, lambda_pp=lambda_pp, id_k=id_k,
+        vision_dip=vision_dip, prompt_depth=prompt_depth, random_init=random_init, workers=workers,
+        density_k=density_k, skip_bad_images=skip_bad_images, views=views, feature_cache=feature_cache,
+        eval_every=eval_every)
+    prompt_method, prompt_cfg, optim_cfg, train_cfg = plan.method, plan.prompt, plan.optim, plan.train
     backbone = backbone or load_backbone(model, pretrained, device=device)
-    prompt_overrides = dict(n_ctx=n_ctx, class_position=class_position, class_specific=class_specific, rank=rank,
-                            dip_init=dip_init, dip_dropout=dip_dropout, init_text=init_text,
-                            lambda_do=lambda_do, lambda_pp=lambda_pp, id_k=id_k, vision_dip=vision_dip, prompt_depth=prompt_depth)
-    if init_text and n_ctx is None:
-        prompt_overrides["n_ctx"] = len(backbone.tokenizer.encode(init_text))  # CoOp: n_ctx follows the init
-    if random_init:
-        prompt_overrides["init_text"] = ""
-    prompt_cfg = prompt_method.prompt_config(**prompt_overrides)
-    optim_cfg = prompt_method.optim_config(optimizer=optimizer, lr=lr)
-    train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, workers=workers, density_k=density_k,
-                            skip_bad_images=skip_bad_images, views=views, feature_cache=feature_cache,
-                            eval_every=eval_every).validate()
     data = resolve_data_root(data, dataset)
     if splits is None:
         splits = load_data(data, dataset, shots, seed, subsample)
@@ -178,12 +305,8 @@ def train(
         return {key: value["accuracy"] for key, value in evaluate_all(model).items()}
 
     history = trainer.fit(splits.train, resume=resume, evaluate=accuracies if eval_every else None)
-    config = {
-        "method": prompt_method.name,
-        "data": data, "dataset": dataset, "shots": shots, "seed": seed, "subsample": subsample,
-        "prompt": prompt_cfg.to_dict(), "optim": asdict(optim_cfg), "train": asdict(train_cfg),
-        "model": model, "pretrained": pretrained, "device": str(backbone.device),
-    }
+    config = plan.config(data=data, subsample=subsample, model=model, pretrained=pretrained,
+                         device=str(backbone.device))
     if is_main_process():
         save_adapter(out / "adapter", prompt_method.name, prompt_model, extra={"train_config": config})
     eval_began = time.perf_counter()
@@ -200,6 +323,7 @@ def train(
         "density": density_report(context.merged(), context.initial, density_k),
         "num_classes": len(splits.classnames),
         "num_train_images": len(splits.train),
+        "data_identity": split_identity(splits),
         "backbone": backbone.describe(),
         "config": config,
         "timing": {

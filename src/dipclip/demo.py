@@ -14,9 +14,9 @@ from pathlib import Path
 
 from .analysis import analyze_run
 from .backbones.loading import load_backbone
-from .engine.protocols import ProtocolConfig, ProtocolRunner, harmonic_mean
 from .engine.reproducibility import atomic_write_bytes, atomic_write_json
 from .plots import plot_base_new_bars
+from .protocols import ProtocolConfig, ProtocolRunner, harmonic_mean
 
 DEMO_METHODS = ("zeroshot", "coop", "dip")
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from dipclip.cli_data import add_data_commands
+from dipclip.cli.data import add_commands as add_data_commands
 from dipclip.data import registry
 from dipclip.data.datasets import load_dataset
 from dipclip.data.sampling import few_shot_splits

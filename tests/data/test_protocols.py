@@ -3,7 +3,7 @@ import json
 import pytest
 
 from dipclip.cli import main
-from dipclip.engine.protocols import ProtocolConfig, ProtocolRunner, harmonic_mean
+from dipclip.protocols import ProtocolConfig, ProtocolRunner, harmonic_mean
 
 PETS = ("abyssinian", "american bulldog", "beagle", "bengal")
 
@@ -86,3 +86,54 @@ def test_protocol_cli_and_bad_input(fx, tmp_path, tiny_config_path, capsys):
     assert "test-only" in capsys.readouterr().err
     assert main(["fewshot", "--data", str(fx.root), "--datasets", "oxford_pets", "--methods", "no-such-method"]) == 2
     assert "unknown method" in capsys.readouterr().err
+
+
+def test_rerun_with_other_settings_is_refused_and_names_them(fx, tmp_path, tiny_backbone):
+    from dipclip.errors import DipclipError
+
+    fx.json_dataset(classes=PETS, sizes=(3, 2, 2))
+    common = dict(datasets=["oxford_pets"], methods=["coop"], seeds=[1], shots=[2])
+    runner("base2new", fx.root, tmp_path / "runs", tiny_backbone, **common).run()
+    again = runner("base2new", fx.root, tmp_path / "runs", tiny_backbone, **common)
+    assert again.run()["rows"]  # same settings: skipped, same table
+    for change, named in ((dict(epochs=2), "train.epochs 1 -> 2"),):
+        config = ProtocolConfig(protocol="base2new", data=str(fx.root), out=tmp_path / "runs", progress=False,
+                                train_options={"batch_size": 4}, **(dict(epochs=1) | change), **common)
+        with pytest.raises(DipclipError, match=named):
+            ProtocolRunner(config, backbone=tiny_backbone, log=lambda line: None).run()
+    changed_lr = ProtocolConfig(protocol="base2new", data=str(fx.root), out=tmp_path / "runs", progress=False,
+                                epochs=1, train_options={"batch_size": 4, "lr": 0.01}, **common)
+    with pytest.raises(DipclipError, match=r"optim.lr 0.002 -> 0.01.*another --out"):
+        ProtocolRunner(changed_lr, backbone=tiny_backbone, log=lambda line: None).run()
+    summary = json.loads((tmp_path / "runs" / "base2new" / "summary.json").read_text())
+    assert summary["settings"]["coop"]["recipes"]["coop/base2new"]["overrides"] == {
+        "train.epochs": 1, "train.batch_size": 4}
+
+
+def test_damaged_metrics_file_is_named_and_rerun(fx, tmp_path, tiny_backbone):
+    fx.json_dataset(classes=PETS, sizes=(3, 2, 2))
+    common = dict(datasets=["oxford_pets"], methods=["coop"], seeds=[1], shots=[2])
+    runner("base2new", fx.root, tmp_path / "runs", tiny_backbone, **common).run()
+    folder = tmp_path / "runs" / "base2new" / "oxford_pets" / "shots_2" / "coop" / "seed1"
+    good = json.loads((folder / "metrics.json").read_text())["results"]
+    (folder / "metrics.json").write_text('{"results": ')
+    (folder / "checkpoint.pt").unlink()
+    lines = []
+    config = ProtocolConfig(protocol="base2new", data=str(fx.root), out=tmp_path / "runs", epochs=1,
+                            progress=False, train_options={"batch_size": 4}, **common)
+    ProtocolRunner(config, backbone=tiny_backbone, log=lines.append).run()
+    assert any("metrics.json is damaged" in line for line in lines)
+    assert json.loads((folder / "metrics.json").read_text())["results"] == good
+    assert (folder / "metrics.json.damaged").is_file()
+
+
+def test_cli_refuses_a_changed_rerun_in_one_line(fx, tmp_path, tiny_config_path, capsys):
+    fx.json_dataset(classes=PETS, sizes=(3, 2, 2))
+    argv = ["base2new", "--data", str(fx.root), "--datasets", "oxford_pets", "--methods", "dip", "--seeds", "1",
+            "--shots", "2", "--model", str(tiny_config_path), "--pretrained", "none", "--device", "cpu",
+            "--batch-size", "4", "--out", str(tmp_path / "runs"), "--quiet"]
+    assert main([*argv, "--epochs", "1"]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--epochs", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("dipclip: error:") and "train.epochs 1 -> 2" in err[-1]

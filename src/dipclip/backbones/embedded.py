@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DipclipError
+from .build import build_from_config, file_sha256
 
 EMBEDDED_MODELS = {"dipclip-tiny": "dipclip-tiny"}
 
@@ -37,8 +38,6 @@ def load_embedded(name: str):
     import open_clip
     from safetensors.torch import load_file
 
-    from .loading import _build_from_config, file_sha256
-
     folder = embedded_path(name)
     config_file, weights_file = folder / "open_clip_config.json", folder / "model.safetensors"
     if not config_file.is_file() or not weights_file.is_file():
@@ -48,7 +47,7 @@ def load_embedded(name: str):
         )
     meta = json.loads(config_file.read_text())
     model_cfg = meta["model_cfg"]
-    model = _build_from_config(model_cfg)
+    model = build_from_config(model_cfg)
     state = load_file(str(weights_file))
     token_ids = state.pop("token_ids").long()
     rows = state.pop("token_embedding.weight")

@@ -21,13 +21,12 @@ import torch
 from torch import nn
 
 from ..errors import DipclipError
+from . import embedded
+from .build import build_from_config, file_sha256
 from .precision import autocast_for
 from .text_tower import TextTower
 from .vision_tower import VisionTower, is_class_token_vit
 
-# Seed for `--pretrained none`: random weights must be the same at every load, or an adapter trained on
-# a random test model could never be evaluated again.
-RANDOM_INIT_SEED = 0
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 
@@ -110,14 +109,6 @@ def resolve_device(device: str | None) -> torch.device:
     return resolved
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_backbone(
     model: str | None = None,
     pretrained: str | None = "none",
@@ -134,8 +125,6 @@ def load_backbone(
     - ``pretrained="none"``: random weights (seeded, identical at every load);
     - ``pretrained`` the name of an embedded dipclip model (see :mod:`dipclip.backbones.embedded`).
     """
-    from . import embedded  # local: keeps `import dipclip` light
-
     torch_device = device if isinstance(device, torch.device) else resolve_device(device)
     pretrained = pretrained or "none"
     if embedded.is_embedded(pretrained):
@@ -182,20 +171,6 @@ def _tokenizer_for_config(model_cfg: dict):
     return open_clip.tokenizer.SimpleTokenizer(context_length=text_cfg.get("context_length", 77))
 
 
-def _build_from_config(model_cfg: dict) -> nn.Module:
-    import open_clip
-
-    cfg = dict(model_cfg)
-    cfg.pop("custom_text", None)
-    cfg.pop("preprocess_cfg", None)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_INIT_SEED)
-        try:
-            return open_clip.CLIP(**cfg)
-        except TypeError as exc:
-            raise DipclipError(f"invalid open_clip model config ({exc}); see open_clip's model_configs/*.json") from None
-
-
 def _from_config_file(path: str, pretrained: str):
     config_path = Path(path).expanduser()
     if not config_path.is_file():
@@ -212,7 +187,7 @@ def _from_config_file(path: str, pretrained: str):
             f"--pretrained {pretrained!r} is neither 'none' nor an existing weights file (with a config JSON as "
             "--model, give a checkpoint path or 'none')"
         )
-    model = _build_from_config(model_cfg)
+    model = build_from_config(model_cfg)
     canonical = json.dumps(model_cfg, sort_keys=True).encode()
     identity = f"config-sha256:{hashlib.sha256(canonical).hexdigest()[:16]}/none"
     return model, _tokenizer_for_config(model_cfg), identity, config_path.stem
@@ -241,7 +216,7 @@ def _from_weights_file(model: str | None, pretrained: str):
     if model.endswith(".json"):
         raw = json.loads(Path(model).read_text())
         model_cfg = raw.get("model_cfg", raw)
-        clip_model = _build_from_config(model_cfg)
+        clip_model = build_from_config(model_cfg)
         state = _read_state_dict(path)
         try:
             clip_model.load_state_dict(state)
@@ -320,7 +295,7 @@ def _from_open_clip_name(model: str, pretrained: str, cache_dir: str | None):
     _check_model_name(model)
     if pretrained == "none":
         model_cfg = open_clip.get_model_config(model)
-        clip_model = _build_from_config(model_cfg)
+        clip_model = build_from_config(model_cfg)
         return clip_model, open_clip.get_tokenizer(model), f"{model}/none", model
     tags = open_clip.list_pretrained_tags_by_model(model)
     if pretrained not in tags:

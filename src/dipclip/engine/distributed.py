@@ -6,7 +6,7 @@ size before the optimizer steps, so the update equals the single-process one up 
 Their evaluation is sharded too: each rank runs every world-th test batch through its prompted image tower
 and the counts are summed. Only rank 0 writes checkpoints, adapters and metrics. Methods that train on
 stored features need no parallelism (a step costs milliseconds); feature extraction shards through
-``dipclip.engine.features``.
+``python -m dipclip.cli.encode``.
 
     torchrun --nproc_per_node 4 -m dipclip train --method maple --model ViT-B-16 --pretrained openai ...
 """

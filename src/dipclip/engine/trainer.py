@@ -76,11 +76,26 @@ class BatchSource(Protocol):
     def batches(self, epoch: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
 
+def in_warmup(optim: OptimConfig, epoch: int) -> bool:
+    return epoch < optim.warmup_epochs
+
+
 def learning_rate(optim: OptimConfig, epoch: int, epochs: int) -> float:
-    """Constant warm-up for ``warmup_epochs``, then cosine annealing over all epochs (Dassl's schedule)."""
-    if epoch < optim.warmup_epochs:
+    """Dassl's schedule (constant warm-up, ``WARMUP_RECOUNT=True``) for 0-based ``epoch``.
+
+    The warm-up epochs run at ``warmup_lr``; the cosine then restarts its count, so the first epoch after
+    warm-up runs at the peak lr and epoch e at ``0.5 * lr * (1 + cos(pi * (e - W) / E))``, E the epoch count.
+    """
+    if in_warmup(optim, epoch):
         return optim.warmup_lr
-    return 0.5 * optim.lr * (1.0 + math.cos(math.pi * epoch / epochs))
+    return 0.5 * optim.lr * (1.0 + math.cos(math.pi * (epoch - optim.warmup_epochs) / epochs))
+
+
+def group_learning_rate(optim: OptimConfig, epoch: int, epochs: int, lr_scale: float) -> float:
+    """A param group's lr: Dassl's constant warm-up sets every group to ``warmup_lr`` (DePT's 6.5x layers
+    too); afterwards a group runs at ``lr_scale`` times the schedule."""
+    lr = learning_rate(optim, epoch, epochs)
+    return lr if in_warmup(optim, epoch) else lr * lr_scale
 
 
 def make_optimizer(params, optim: OptimConfig) -> torch.optim.Optimizer:
@@ -97,6 +112,18 @@ def run_fingerprint(payload: dict, items: Sequence[Datum]) -> str:
     for item in items:
         digest.update(f"{Path(item.path).name}\t{item.label}\n".encode())
     return digest.hexdigest()[:20]
+
+
+def _differences(held: dict, wanted: dict, prefix: str = "") -> list[str]:
+    """``key held -> wanted`` for each leaf that differs between two settings payloads."""
+    out = []
+    for key in sorted(set(held) | set(wanted)):
+        a, b = held.get(key), wanted.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != json.loads(json.dumps(b, default=str)):
+            out.append(f"{prefix}{key} {a!r} -> {b!r}")
+    return out
 
 
 class Trainer:
@@ -126,8 +153,8 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.out_dir / CHECKPOINT_NAME
 
-    def _fingerprint(self, items: Sequence[Datum], source: BatchSource) -> str:
-        payload = {
+    def _fingerprint_payload(self, source: BatchSource) -> dict:
+        return {
             "method": self.method.name,
             "prompt": self.model.prompt_cfg.to_dict(),
             "optim": asdict(self.optim),
@@ -137,14 +164,16 @@ class Trainer:
             "classes": self.model.classnames,
             "source": source.describe(),
         }
-        return run_fingerprint(payload, items)
 
-    def _restore(self, fingerprint: str) -> tuple[int, list[dict]]:
+    def _restore(self, fingerprint: str, payload: dict) -> tuple[int, list[dict]]:
         state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
         if state.get("fingerprint") != fingerprint:
+            held = state.get("settings")
+            differing = _differences(json.loads(held), payload) if isinstance(held, str) else []
+            named = f" ({'; '.join(differing[:4])})" if differing else " (settings or data)"
             raise DipclipError(
-                f"{self.checkpoint_path} belongs to a run with other settings or data; use another --out "
-                "or drop --resume to start over there"
+                f"{self.checkpoint_path} belongs to a run with other settings{named}; use another --out, "
+                "or delete that folder to start over there"
             )
         self.model.load_learnable_state(state["learned"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -174,7 +203,8 @@ class Trainer:
             raise DipclipError("the training split is empty; check the dataset and --shots")
         cfg = self.config
         source = source if source is not None else self.default_source(items)
-        fingerprint = self._fingerprint(items, source)
+        payload = self._fingerprint_payload(source)
+        fingerprint = run_fingerprint(payload, items)
         start, history = 0, []
         self.method.load_training_state({})
         if self.checkpoint_path.exists():
@@ -183,15 +213,15 @@ class Trainer:
                     f"{self.out_dir} already holds a run ({CHECKPOINT_NAME}); pass --resume to continue it or "
                     "choose another --out"
                 )
-            start, history = self._restore(fingerprint)
+            start, history = self._restore(fingerprint, payload)
             if start:
                 self.log(f"resuming from epoch {start}/{cfg.epochs} ({self.checkpoint_path})")
         device = self.model.backbone.device
         for epoch in range(start, cfg.epochs):
             generator = seed_everything(epoch_seed(cfg.seed, epoch))
             lr = learning_rate(self.optim, epoch, cfg.epochs)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)  # a method may give new layers a larger lr (DePT)
+            for group in self.optimizer.param_groups:  # a method may give new layers a larger lr (DePT)
+                group["lr"] = group_learning_rate(self.optim, epoch, cfg.epochs, group.get("lr_scale", 1.0))
             total_loss, correct, seen, began = 0.0, 0, 0, time.perf_counter()
             batches = source.batches(epoch, generator)
             self.model.train()
@@ -231,6 +261,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "history": history,
                 "fingerprint": fingerprint,
+                "settings": json.dumps(payload, sort_keys=True, default=str),  # names what differs on --resume
                 "method_state": self.method.training_state(),
             })
         self.method.end_training(self.model, cfg.epochs)

@@ -6,6 +6,7 @@ extra loss. Nothing here copies the training loop.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -223,6 +224,22 @@ class PromptMethod:
     summary: str = ""
     prompt_defaults: PromptConfig = PromptConfig()
     optim_defaults: OptimConfig = OptimConfig()
+    option_names: tuple[str, ...] = ()  # the method's own numbers (loss weights, GPA), set from its recipe
+
+    def configure(self, options: dict) -> None:
+        """Set the method's own options (its recipe's ``method`` section, then the caller's overrides)."""
+        unknown = sorted(set(options) - set(self.option_names))
+        if unknown:
+            known = ", ".join(self.option_names) or "none"
+            raise DipclipError(f"{self.name} has no option(s) {', '.join(unknown)}; its options: {known}")
+        for key, value in options.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise DipclipError(f"{self.name} option {key} must be a finite number >= 0, got {value!r}")
+            setattr(self, key, float(value))
+
+    def options(self) -> dict[str, float]:
+        """The option values in force (recorded in ``metrics.json`` and adapters)."""
+        return {key: getattr(self, key) for key in self.option_names}
 
     def prompt_config(self, **overrides) -> PromptConfig:
         """Defaults with the given overrides; ``None`` keeps a default, ``init_text=""`` asks for a random init."""

@@ -18,7 +18,8 @@ class KgCoOp(PromptMethod):
     summary = "KgCoOp: CoOp + W * (1 - cos(learned, hand-crafted text features)), W = 8"
     prompt_defaults = PromptConfig(parameterization="full")
     optim_defaults = OptimConfig(lr=0.002)
-    weight = 8.0
+    option_names = ("kg_weight",)
+    kg_weight = 8.0  # W, from the recipe
     template = "a photo of a {}."
 
     def anchor_features(self, model: PromptCLIP) -> torch.Tensor:
@@ -33,6 +34,6 @@ class KgCoOp(PromptMethod):
                    labels: torch.Tensor) -> torch.Tensor | None:
         learned = model.last_text_features
         anchor = self.anchor_features(model)
-        loss = self.weight * (1.0 - (learned * anchor).sum(dim=-1)).mean()  # both are unit vectors
+        loss = self.kg_weight * (1.0 - (learned * anchor).sum(dim=-1)).mean()  # both are unit vectors
         levers = density_levers(model)
         return loss if levers is None else loss + levers

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..backbones.loading import file_sha256
+from ..backbones.build import file_sha256
 
 
 def export_model(model: torch.nn.Module, model_cfg: dict, token_ids: torch.Tensor, out_dir: Path,
@@ -41,10 +41,10 @@ def load_exported(out_dir: Path) -> torch.nn.Module:
     package's assets), so the recipe can check what it wrote before it is installed."""
     from safetensors.torch import load_file
 
-    from ..backbones.loading import _build_from_config
+    from ..backbones.build import build_from_config
 
     meta = json.loads((out_dir / "open_clip_config.json").read_text())
-    model = _build_from_config(meta["model_cfg"])
+    model = build_from_config(meta["model_cfg"])
     state = load_file(str(out_dir / "model.safetensors"))
     ids = state.pop("token_ids").long()
     full = torch.zeros_like(model.token_embedding.weight)

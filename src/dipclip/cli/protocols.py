@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
-
-FORMATTER = argparse.RawDescriptionHelpFormatter
+from .common import FORMATTER, non_negative_int, positive_int
+from .overrides import add_override_args, override_kwargs
 
 DESCRIPTIONS = {
     "base2new": ("train on the base half of the classes, test on base and new",
@@ -22,17 +21,17 @@ DESCRIPTIONS = {
 DEFAULT_SHOTS = {"base2new": [16], "fewshot": [1, 2, 4, 8, 16], "xd": [16], "dg": [16]}
 
 
-def add_protocol_commands(subparsers) -> None:
-    from .cli import non_negative_int, positive_int
-
+def add_commands(subparsers) -> None:
     for protocol, (short, description) in DESCRIPTIONS.items():
         parser = subparsers.add_parser(
             protocol, formatter_class=FORMATTER, help=short,
             description=description + "\n\nRuns go to OUT/{protocol}/{dataset}/shots_{K}/{method}/seed{S}/ with a\n"
             "metrics.json each; finished runs are skipped and interrupted ones resume, so rerunning the same\n"
-            "command continues a sweep. The table (mean ± std over seeds, per dataset and the average row) is\n"
-            "written to OUT/{protocol}/summary.md, .csv and .json. Epochs follow the published schedule\n"
-            "(CoOp's: 200 at 8-16 shots, 100 at 2-4, 50 at 1 shot and on ImageNet) unless --epochs is given.",
+            "command continues a sweep (a folder holding a run with other settings is refused, naming them).\n"
+            "The table (mean ± std over seeds, per dataset and the average row) is written to\n"
+            "OUT/{protocol}/summary.md, .csv and .json. Each method trains with its authors' recipe for this\n"
+            f"protocol (`dipclip recipes show METHOD --protocol {'xd' if protocol == 'dg' else protocol}`); "
+            "every flag below\noverrides one value of it.",
             epilog="examples:\n"
                    f"  dipclip {protocol} --model ViT-B-16 --pretrained openai --data ~/data --datasets all\n"
                    f"  dipclip {protocol} --pretrained ~/.cache/clip/ViT-B-16.pt --data ~/data "
@@ -48,24 +47,21 @@ def add_protocol_commands(subparsers) -> None:
         parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="default: 1 2 3")
         parser.add_argument("--shots", nargs="+", type=positive_int, default=DEFAULT_SHOTS[protocol],
                             help=f"default: {' '.join(map(str, DEFAULT_SHOTS[protocol]))}")
-        parser.add_argument("--epochs", type=positive_int, default=None, help="override the published schedule")
-        parser.add_argument("--batch-size", type=positive_int, default=None, help="default 32")
-        parser.add_argument("--optimizer", choices=("sgd", "adamw"), default=None)
-        parser.add_argument("--lr", type=float, default=None)
         parser.add_argument("--workers", type=non_negative_int, default=0)
         parser.add_argument("--model", default=None, metavar="NAME|CONFIG.json")
         parser.add_argument("--pretrained", default="none", metavar="TAG|FILE")
         parser.add_argument("--device", default="auto")
         parser.add_argument("--out", default="runs", metavar="DIR", help="default: runs")
         parser.add_argument("--quiet", action="store_true", help="no progress bars")
+        add_override_args(parser, protocol_command=True)
         parser.set_defaults(func=cmd_protocol, protocol=protocol)
 
 
 def cmd_protocol(args) -> int:
-    from .engine.protocols import ProtocolConfig, ProtocolRunner, resolve_datasets
+    from ..protocols import ProtocolConfig, ProtocolRunner, resolve_datasets
 
-    options = {k: v for k, v in {"batch_size": args.batch_size, "optimizer": args.optimizer, "lr": args.lr,
-                                 "workers": args.workers}.items() if v is not None}
+    options = {k: v for k, v in override_kwargs(args).items() if v is not None and k != "epochs"}
+    options["workers"] = args.workers
     config = ProtocolConfig(
         protocol=args.protocol, data=args.data, datasets=resolve_datasets(args.protocol, args.datasets),
         methods=args.methods, seeds=args.seeds, shots=args.shots, out=args.out, model=args.model,

@@ -1,6 +1,6 @@
 """The data commands of the ``dipclip`` CLI: ``data split``, ``data make-split`` and ``doctor``.
 
-``dipclip.cli`` calls :func:`add_data_commands` with its subparsers; each command's ``func`` takes the
+``dipclip.cli`` calls :func:`add_commands` with its subparsers; each command's ``func`` takes the
 parsed arguments and returns the exit code. User errors raise :class:`DipclipError`.
 """
 
@@ -10,13 +10,12 @@ import argparse
 import json
 import sys
 
-from .data._io import relative_path, write_json_atomic
-from .data.registry import DATASET_KEYS
+from ..data._io import relative_path, write_json_atomic
+from ..data.registry import DATASET_KEYS
+from .common import FORMATTER as _FMT
 
-_FMT = argparse.RawDescriptionHelpFormatter
 
-
-def add_data_commands(subparsers) -> None:
+def add_commands(subparsers) -> None:
     """Add ``data`` (with ``split`` and ``make-split``) and ``doctor`` to the CLI's subparsers."""
     data = subparsers.add_parser(
         "data", formatter_class=_FMT, help="inspect few-shot splits, write splits for custom data",
@@ -103,8 +102,8 @@ def _print_help(parser: argparse.ArgumentParser) -> int:
 
 def _data_root(args: argparse.Namespace) -> str:
     """``--data``, or the package's own folder for a shipped dataset (``--dataset demo``)."""
-    from .api import resolve_data_root
-    from .errors import DipclipError
+    from ..api import resolve_data_root
+    from ..errors import DipclipError
 
     root = resolve_data_root(args.data, args.dataset)
     if root is None:
@@ -114,8 +113,8 @@ def _data_root(args: argparse.Namespace) -> str:
 
 def cmd_split(args: argparse.Namespace) -> int:
     """``dipclip data split``: the selected train and val images as JSON."""
-    from .data.datasets import load_dataset
-    from .data.sampling import apply_selection, base_new_labels, select_few_shot
+    from ..data.datasets import load_dataset
+    from ..data.sampling import apply_selection, base_new_labels, select_few_shot
 
     args.data = _data_root(args)
     splits = load_dataset(args.data, args.dataset)
@@ -148,7 +147,7 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 def cmd_make_split(args: argparse.Namespace) -> int:
     """``dipclip data make-split``: write a split JSON for a custom ImageFolder tree."""
-    from .data.make_split import make_split
+    from ..data.make_split import make_split
 
     path = make_split(args.data, args.out, seed=args.seed, force=args.force)
     with open(path, encoding="utf-8") as f:
@@ -159,7 +158,7 @@ def cmd_make_split(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     """``dipclip doctor``: print every problem with its fix; exit code 1 if any."""
-    from .data.doctor import run_doctor
+    from ..data.doctor import run_doctor
 
     report = run_doctor(_data_root(args), args.dataset, fast=not args.full)
     for problem in report.problems:

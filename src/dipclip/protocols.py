@@ -5,8 +5,12 @@
 - ``xd`` (cross-dataset): train on ImageNet (all classes, 16 shots), test on the other 10 datasets.
 - ``dg`` (domain generalisation): the same ImageNet model on ImageNet-V2, -Sketch, -A and -R.
 
-Runs live in ``OUT/{protocol}/{dataset}/shots_{K}/{method}/seed{S}/``. A run with a ``metrics.json`` is
-finished and skipped; one with only a ``checkpoint.pt`` resumes. The aggregate table (mean and std over
+Runs live in ``OUT/{protocol}/{dataset}/shots_{K}/{method}/seed{S}/``. Each method trains with its own
+recipe for the protocol (:mod:`dipclip.recipes`; ``dg`` uses ``xd``'s). A run with a ``metrics.json`` is
+finished and skipped only when its recorded settings (recipe, every hyperparameter, backbone identity, data
+split identity) are the ones this command asks for; otherwise the command refuses and names the settings
+that differ. A damaged ``metrics.json`` is set aside and its run redone; one with only a ``checkpoint.pt``
+resumes (the trainer checks the checkpoint is the same run). The aggregate table (mean and std over
 seeds, per dataset and the average row) is written as Markdown, CSV and JSON, with HM computed as the
 published tables do: per dataset HM(mean base, mean new); the average row HM(average base, average new).
 """
@@ -23,26 +27,19 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import api
-from ..backbones.loading import Backbone, load_backbone
-from ..data.registry import DG_KEYS, TRAINABLE_KEYS, dataset_info
-from ..errors import DipclipError
-from ..methods import method_names
-from .reproducibility import atomic_write_bytes, atomic_write_json
+from . import api
+from .backbones.loading import Backbone, file_sha256, load_backbone
+from .data.registry import DG_KEYS, TRAINABLE_KEYS, dataset_info
+from .engine.reproducibility import atomic_write_bytes, atomic_write_json
+from .errors import DipclipError
+from .methods import method_names
+from .recipes import PROTOCOL_OF
 
 PROTOCOLS = ("base2new", "fewshot", "xd", "dg")
 DEFAULT_SEEDS = (1, 2, 3)
 FEWSHOT_SHOTS = (1, 2, 4, 8, 16)
 XD_TARGETS = tuple(k for k in TRAINABLE_KEYS if k != "imagenet")
 SOURCE = "imagenet"
-
-
-def published_epochs(method: str, dataset: str, shots: int) -> int:
-    """CoOp's published schedule (also used for DIP, which swaps only the prompt parameterisation):
-    200 epochs at 8-16 shots, 100 at 2-4, 50 at 1 shot and on ImageNet."""
-    if dataset == "imagenet" or shots <= 1:
-        return 50
-    return 100 if shots <= 4 else 200
 
 
 def harmonic_mean(base: float, new: float) -> float:
@@ -61,8 +58,8 @@ class ProtocolConfig:
     model: str | None = None
     pretrained: str = "none"
     device: str = "auto"
-    epochs: int | None = None  # None: the published schedule
-    train_options: dict = field(default_factory=dict)  # passed to api.train (lr, batch_size, rank, ...)
+    epochs: int | None = None  # None: each method's recipe for the protocol
+    train_options: dict = field(default_factory=dict)  # overrides passed to api.train (lr, batch_size, rank, ...)
     progress: bool = True
 
     def validate(self) -> ProtocolConfig:
@@ -115,17 +112,76 @@ class ProtocolRunner:
 
     # -- one run ---------------------------------------------------------------------------------------------
     def _finished(self, folder: Path) -> dict | None:
+        """The run's metrics, or None when it has not finished; a damaged file is named and set aside."""
         path = folder / api.METRICS_NAME
-        return json.loads(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            metrics = json.loads(path.read_text())
+            if not isinstance(metrics, dict) or not isinstance(metrics.get("results"), dict):
+                raise ValueError("no results")
+        except (ValueError, RecursionError, UnicodeDecodeError) as exc:
+            damaged = path.with_name(path.name + ".damaged")
+            path.replace(damaged)
+            self.log(f"{path} is damaged ({type(exc).__name__}); moved to {damaged.name}, rerunning that run")
+            return None
+        return metrics
+
+    def _train_arguments(self, method: str, dataset: str, shots: int, seed: int, subsample: str) -> dict:
+        cfg = self.config
+        return dict(recipe=PROTOCOL_OF[cfg.protocol], data=cfg.data, dataset=dataset, shots=shots, seed=seed,
+                    subsample=subsample, epochs=cfg.epochs, model=cfg.model, pretrained=cfg.pretrained,
+                    **cfg.train_options)
 
     def _train(self, method: str, dataset: str, shots: int, seed: int, subsample: str, folder: Path) -> dict:
+        return api.train(method, out=folder, resume=(folder / "checkpoint.pt").exists(), progress=self.config.progress,
+                         backbone=self.backbone, **self._train_arguments(method, dataset, shots, seed, subsample))
+
+    def expected_settings(self, kind: str, dataset: str, shots: int, method: str, seed: int) -> dict:
+        """What a run's metrics.json must say for it to be this protocol's run (compared with what a folder
+        holds before a finished run is skipped)."""
         cfg = self.config
-        epochs = cfg.epochs or published_epochs(method, dataset, shots)
-        return api.train(
-            method, data=cfg.data, dataset=dataset, shots=shots, seed=seed, subsample=subsample, epochs=epochs,
-            out=folder, resume=(folder / "checkpoint.pt").exists(), progress=cfg.progress,
-            backbone=self.backbone, model=cfg.model, pretrained=cfg.pretrained, **cfg.train_options,
-        )
+        if method == "zeroshot":
+            return {"method": "zeroshot", "pretrained": cfg.pretrained, "model": cfg.model}
+        if kind == "target":
+            return {"source": self._source_adapter_digest(shots, method, seed)}
+        subsample = "base" if cfg.protocol == "base2new" and kind == "run" else "all"
+        train_dataset = SOURCE if kind == "source" else dataset
+        config = api.train_config(method, device=cfg.device,
+                                  **self._train_arguments(method, train_dataset, shots, seed, subsample))
+        return run_settings(config)
+
+    def _data_identity(self, kind: str, dataset: str, shots: int, seed: int) -> str:
+        subsample = "base" if self.config.protocol == "base2new" and kind == "run" else "all"
+        splits = api.load_data(self.config.data, SOURCE if kind == "source" else dataset, shots, seed, subsample)
+        return api.split_identity(splits)
+
+    def _source_adapter_digest(self, shots: int, method: str, seed: int) -> str | None:
+        weights = self.run_dir(SOURCE, shots, method, seed) / "adapter" / "adapter_model.safetensors"
+        return file_sha256(weights) if weights.is_file() else None
+
+    def _check_settings(self, kind: str, dataset: str, shots: int, method: str, seed: int, folder: Path,
+                        metrics: dict) -> None:
+        expected = self.expected_settings(kind, dataset, shots, method, seed)
+        if method == "zeroshot":
+            held = {"method": metrics.get("method"), "pretrained": metrics.get("config", {}).get("pretrained"),
+                    "model": metrics.get("config", {}).get("model")}
+        elif kind == "target":
+            held = {"source": metrics.get("source_adapter_sha256")}
+        else:
+            held = run_settings(metrics.get("config", {}))
+        if kind != "target":
+            held["backbone"] = metrics.get("backbone", {}).get("identity")
+            expected["backbone"] = self.backbone.identity
+        if kind != "target" and method != "zeroshot":
+            held["data"] = metrics.get("data_identity")
+            expected["data"] = self._data_identity(kind, dataset, shots, seed)
+        differences = settings_differences(held, expected)
+        if differences:
+            raise DipclipError(
+                f"{folder} holds a finished run with other settings ({'; '.join(differences[:4])}"
+                f"{'; ...' if len(differences) > 4 else ''}); use another --out, or delete that folder to rerun it"
+            )
 
     def _zeroshot(self, dataset: str, subsamples: Sequence[str], folder: Path) -> dict:
         merged: dict = {}
@@ -137,7 +193,10 @@ class ProtocolRunner:
         return merged
 
     def _evaluate(self, adapter: Path, dataset: str, folder: Path) -> dict:
-        return api.evaluate(adapter, data=self.config.data, dataset=dataset, backbone=self.backbone, out=folder)
+        metrics = api.evaluate(adapter, data=self.config.data, dataset=dataset, backbone=self.backbone)
+        metrics["source_adapter_sha256"] = file_sha256(adapter / "adapter_model.safetensors")
+        atomic_write_json(folder / api.METRICS_NAME, metrics)
+        return metrics
 
     # -- protocols -------------------------------------------------------------------------------------------
     def jobs(self) -> list[tuple[str, str, int, str, int]]:
@@ -169,8 +228,10 @@ class ProtocolRunner:
                                                                            disable=not self.config.progress)):
             folder = self.run_dir(dataset, shots, method, seed)
             label = f"[{index + 1}/{len(jobs)}] {self.config.protocol} {dataset} {shots}-shot {method} seed {seed}"
-            if self._finished(folder) is not None:
-                self.log(f"{label}: done already, skipped")
+            finished = self._finished(folder)
+            if finished is not None:
+                self._check_settings(kind, dataset, shots, method, seed, folder, finished)
+                self.log(f"{label}: done already (same settings), skipped")
                 continue
             self.log(f"{label}: running")
             self._run_one(kind, dataset, shots, method, seed, folder)
@@ -244,12 +305,32 @@ class ProtocolRunner:
             table.extend(per_group)
             table.extend(self._average_rows(method, per_group, columns))
         summary = {"protocol": protocol, "columns": list(columns) + (["hm"] if protocol == "base2new" else []),
-                   "rows": table, "runs": rows}
+                   "rows": table, "runs": rows, "settings": self.settings_of_runs()}
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.root / "summary.json", summary)
         atomic_write_bytes(self.root / "summary.csv", _to_csv(summary).encode())
         atomic_write_bytes(self.root / "summary.md", _to_markdown(summary).encode())
         return summary
+
+    def settings_of_runs(self) -> dict:
+        """Per method, the recipe, overrides and backbone of the runs this summary aggregates."""
+        settings: dict = {}
+        for kind, dataset, shots, method, seed in self.jobs():
+            if kind == "target":
+                continue
+            metrics = self._finished(self.run_dir(dataset, shots, method, seed))
+            if metrics is None:
+                continue
+            config = metrics.get("config", {})
+            entry = settings.setdefault(method, {"backbone": metrics.get("backbone", {}).get("identity"),
+                                                 "recipes": {}})
+            recipe = config.get("recipe")
+            if recipe:
+                entry["recipes"][recipe["name"]] = {"overrides": recipe.get("overrides", {}),
+                                                    "epochs": config.get("train", {}).get("epochs"),
+                                                    "batch_size": config.get("train", {}).get("batch_size"),
+                                                    "lr": config.get("optim", {}).get("lr")}
+        return settings
 
     def _average_rows(self, method: str, per_group: list[dict], columns: Sequence[str]) -> list[dict]:
         """The 'Average' row: mean over datasets of the per-dataset means (targets only for xd/dg)."""
@@ -323,6 +404,31 @@ def _to_csv(summary: dict) -> str:
             values += ["" if row[c][k] is None else row[c][k] for k in ("mean", "std", "n")]
         writer.writerow([row["method"], row["dataset"], row["shots"], *values, row["trainable_params"]])
     return buffer.getvalue()
+
+
+SETTING_SECTIONS = ("prompt", "optim", "method_options")
+IGNORED_TRAIN_KEYS = ("workers", "feature_cache", "density_k", "eval_every")  # never change a result
+
+
+def run_settings(config: dict) -> dict:
+    """The parts of a run's ``config`` that decide its numbers, flattened to dotted keys."""
+    flat = {key: config.get(key) for key in ("method", "dataset", "shots", "seed", "subsample", "model",
+                                             "pretrained")}
+    recipe = config.get("recipe") or {}
+    flat["recipe"] = recipe.get("name")
+    for section in SETTING_SECTIONS:
+        for key, value in (config.get(section) or {}).items():
+            flat[f"{section}.{key}"] = value
+    for key, value in (config.get("train") or {}).items():
+        if key not in IGNORED_TRAIN_KEYS:
+            flat[f"train.{key}"] = value
+    return flat
+
+
+def settings_differences(held: dict, expected: dict) -> list[str]:
+    """``key held -> expected`` for every setting that differs."""
+    keys = sorted(set(held) | set(expected))
+    return [f"{k} {held.get(k)!r} -> {expected.get(k)!r}" for k in keys if held.get(k) != expected.get(k)]
 
 
 def run_protocol(config: ProtocolConfig, backbone: Backbone | None = None) -> dict:

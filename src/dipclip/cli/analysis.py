@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from .errors import DipclipError
+from ..errors import DipclipError
+from .common import FORMATTER
 
-FORMATTER = argparse.RawDescriptionHelpFormatter
 
-
-def add_analysis_commands(subparsers) -> None:
+def add_commands(subparsers) -> None:
     analyze = subparsers.add_parser(
         "analyze", formatter_class=FORMATTER, help="ID_k vs accuracy per epoch, and their Spearman rho",
         description="For each run folder: plot ID_k of the prompt and of its update per epoch together with the\n"
@@ -40,7 +38,7 @@ def add_analysis_commands(subparsers) -> None:
 
 
 def cmd_analyze(args) -> int:
-    from .analysis import analyze_run
+    from ..analysis import analyze_run
 
     for run in args.runs:
         report = analyze_run(run, out=args.out)
@@ -54,7 +52,7 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from .plots import plot_base_new_bars, plot_fewshot_curves
+    from ..plots import plot_base_new_bars, plot_fewshot_curves
 
     path = Path(args.summary)
     if not path.is_file():

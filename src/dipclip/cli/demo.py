@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-FORMATTER = argparse.RawDescriptionHelpFormatter
+from .common import FORMATTER, positive_int
 
 
-def add_demo_commands(subparsers) -> None:
-    from .cli import positive_int
-
+def add_commands(subparsers) -> None:
     demo = subparsers.add_parser(
         "demo", formatter_class=FORMATTER, help="zero-shot, CoOp and DIP base-to-new on the shipped demo data",
         description="Base-to-new on the demo dataset with the shipped small CLIP (dipclip-tiny), offline:\n"
@@ -43,8 +41,8 @@ def add_demo_commands(subparsers) -> None:
 
 
 def cmd_demo(args) -> int:
-    from .data.registry import dataset_info
-    from .demo import run_demo
+    from ..data.registry import dataset_info
+    from ..demo import run_demo
 
     dataset_info(args.dataset)  # a one-line error for an unknown key
     run_demo(args.out, model=args.model, pretrained=args.pretrained, data=args.data, dataset=args.dataset,
@@ -54,6 +52,6 @@ def cmd_demo(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
-    from .pretrain import main as pretrain_main
+    from ..pretrain import main as pretrain_main
 
     return pretrain_main(args.args)

@@ -1,0 +1,97 @@
+"""``dipclip eval``, ``zeroshot`` and ``predict``: accuracy on a split and classes of image files."""
+
+from __future__ import annotations
+
+from .common import FORMATTER, backbone_args, classnames_arg, data_args, out_arg, positive_int
+
+
+def add_commands(sub) -> None:
+    """Add ``eval``, ``zeroshot`` and ``predict`` to the CLI's subparsers."""
+    evaluate = sub.add_parser(
+        "eval", formatter_class=FORMATTER, help="accuracy of an adapter on a dataset split",
+        description="Evaluate a trained adapter on a split. The backbone is the adapter's own unless\n"
+                    "--model/--pretrained say otherwise (an incompatible backbone is refused).",
+        epilog="examples:\n"
+               "  dipclip eval --adapter runs/pets-dip/adapter --data ~/data --dataset oxford_pets --subsample new\n"
+               "  dipclip eval --adapter runs/in-dip/adapter --data ~/data --dataset imagenet_sketch --out runs/sketch\n",
+    )
+    evaluate.add_argument("--adapter", required=True, metavar="DIR", help="adapter folder (OUT/adapter of train)")
+    backbone_args(evaluate, required_default=None)
+    data_args(evaluate)
+    evaluate.add_argument("--split", default="test", choices=("train", "val", "test"), help="default: test")
+    out_arg(evaluate, None)
+    evaluate.set_defaults(func=cmd_eval)
+
+    zeroshot = sub.add_parser(
+        "zeroshot", formatter_class=FORMATTER, help="zero-shot CLIP accuracy with hand-written templates",
+        description="Zero-shot CLIP with the dataset's published template (e.g. 'a photo of a {}, a type of\n"
+                    "pet.'), your own --template, or --ensemble (adds CLIP's 7 ImageNet templates).",
+        epilog="examples:\n"
+               "  dipclip zeroshot --model ViT-B-16 --pretrained openai --data ~/data --dataset eurosat\n"
+               "  dipclip zeroshot ... --template 'a photo of a {}.' --template 'art of a {}.' --out runs/zs\n",
+    )
+    backbone_args(zeroshot)
+    data_args(zeroshot)
+    zeroshot.add_argument("--split", default="test", choices=("train", "val", "test"), help="default: test")
+    zeroshot.add_argument("--template", action="append", default=None, help="template with {} (repeatable)")
+    zeroshot.add_argument("--ensemble", action="store_true", help="average over CLIP's 7 ImageNet templates too")
+    out_arg(zeroshot, None)
+    zeroshot.set_defaults(func=cmd_zeroshot)
+
+    predict = sub.add_parser(
+        "predict", formatter_class=FORMATTER, help="top-k classes of image files",
+        description="Classify image files: zero-shot with --template, or with a trained --adapter.\n"
+                    "Classes come from --classes or from a dataset (--data/--dataset).",
+        epilog="examples:\n"
+               "  dipclip predict photo1.jpg photo2.png --classes cat,dog,bird --model ViT-B-16 --pretrained openai\n"
+               "  dipclip predict img.jpg --adapter runs/pets-dip/adapter --data ~/data --dataset oxford_pets --top-k 3\n",
+    )
+    predict.add_argument("images", nargs="+", help="image files")
+    predict.add_argument("--classes", type=classnames_arg, default=None, help="comma-separated class names")
+    predict.add_argument("--adapter", default=None, metavar="DIR", help="adapter folder (default: zero-shot)")
+    predict.add_argument("--template", default="a photo of a {}.", help="zero-shot template")
+    predict.add_argument("--top-k", type=positive_int, default=5, help="classes per image (default 5)")
+    backbone_args(predict, required_default=None)
+    predict.add_argument("--data", default=None, metavar="ROOT", help="take the classes from this dataset")
+    predict.add_argument("--dataset", default=None, metavar="KEY", help="dataset key for --data")
+    out_arg(predict, None)
+    predict.set_defaults(func=cmd_predict)
+
+
+def _print_results(metrics: dict) -> None:
+    for name, result in metrics["results"].items():
+        print(f"{name}: {result['accuracy']:.2f}% ({result['n']} images)")
+
+
+def cmd_eval(args) -> int:
+    from .. import api
+
+    metrics = api.evaluate(args.adapter, data=args.data, dataset=args.dataset, split=args.split,
+                           subsample=args.subsample, model=args.model, pretrained=args.pretrained,
+                           device=args.device, workers=args.workers, skip_bad_images=args.skip_bad_images,
+                           out=args.out)
+    _print_results(metrics)
+    return 0
+
+
+def cmd_zeroshot(args) -> int:
+    from .. import api
+
+    metrics = api.zeroshot(model=args.model, pretrained=args.pretrained, data=args.data, dataset=args.dataset,
+                           split=args.split, subsample=args.subsample, templates=args.template,
+                           ensemble=args.ensemble, device=args.device, workers=args.workers,
+                           skip_bad_images=args.skip_bad_images, out=args.out)
+    _print_results(metrics)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .. import api
+
+    payload = api.predict(args.images, classnames=args.classes, data=args.data, dataset=args.dataset,
+                          adapter=args.adapter, model=args.model, pretrained=args.pretrained,
+                          template=args.template, top_k=args.top_k, device=args.device, out=args.out)
+    for item in payload["predictions"]:
+        ranked = ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in item["top"])
+        print(f"{item['image']}: {ranked}")
+    return 0

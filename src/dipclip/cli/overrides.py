@@ -1,0 +1,103 @@
+"""The flags that override one value of a method's recipe: shared by ``train`` and the protocol commands."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from .common import non_negative_int, positive_int, probability, views_arg
+
+RECIPE_CHOICES = ("base2new", "fewshot", "xd")
+
+
+def positive_finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def non_negative_finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def method_option(text: str) -> tuple[str, float]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. kg_weight=8), got {text!r}")
+    return key.strip(), non_negative_finite(value)
+
+
+def add_override_args(parser: argparse.ArgumentParser, *, protocol_command: bool = False) -> None:
+    """Every flag that overrides the recipe. Unset flags keep the recipe's value."""
+    run = parser.add_argument_group("training (defaults: the method's published recipe; `dipclip recipes show METHOD`)")
+    if not protocol_command:
+        run.add_argument("--recipe", choices=RECIPE_CHOICES, default="base2new",
+                         help="which published recipe of the method to start from (default base2new)")
+    run.add_argument("--epochs", type=positive_int, default=None, help="epochs (default: the recipe's)")
+    run.add_argument("--batch-size", type=positive_int, default=None, help="batch size (default: the recipe's)")
+    run.add_argument("--optimizer", choices=("sgd", "adamw"), default=None, help="default: the recipe's (sgd)")
+    run.add_argument("--lr", type=positive_finite, default=None, help="peak learning rate (default: the recipe's)")
+    run.add_argument("--views", type=views_arg, default="fresh", metavar="fresh|N",
+                     help="training augmentations: 'fresh' (default; a new random view of every image every "
+                          "epoch, protocol-exact) or N views encoded once and cycled over the epochs (faster)")
+    run.add_argument("--eval-every", type=non_negative_int, default=0, metavar="E",
+                     help="also evaluate (base and new with --subsample base) every E epochs, into the history "
+                          "(for `dipclip analyze`; default 0: only at the end)")
+    run.add_argument("--no-feature-cache", dest="feature_cache", action="store_false",
+                     help="keep no image features on disk (same numbers, but every run re-encodes its images)")
+    prompt = parser.add_argument_group("prompt")
+    prompt.add_argument("--n-ctx", type=positive_int, default=None, help="context tokens (default: the recipe's)")
+    prompt.add_argument("--init-text", default=None, help="context init text (default: the recipe's)")
+    prompt.add_argument("--random-init", action="store_true", help="random N(0, 0.02) context instead of init text")
+    prompt.add_argument("--class-position", choices=("end", "middle", "front"), default=None,
+                        help="where the class name goes (default end)")
+    prompt.add_argument("--class-specific", action="store_true", default=None, help="one context per class")
+    prompt.add_argument("--prompt", choices=("full", "dip"), default=None,
+                        help="parameterisation of the method's context: full-rank, or DIP (P0 + Dropout(A @ B))")
+    prompt.add_argument("--vision-dip", action="store_true", default=None,
+                        help="with --prompt dip: the independent vision prompt matrices as DIP too (PromptSRC)")
+    prompt.add_argument("--rank", type=positive_int, default=None, help="DIP rank r (default 1)")
+    prompt.add_argument("--dip-init", choices=("zero-delta", "residual-svd"), default=None,
+                        help="DIP initialisation (default residual-svd)")
+    prompt.add_argument("--dip-dropout", type=probability, default=None,
+                        help="dropout on A @ B while training (default 0)")
+    prompt.add_argument("--prompt-depth", type=positive_int, default=None,
+                        help="MaPLe/PromptSRC: layers with learned prompts, clipped to the towers' depth "
+                             "(default: the recipe's, 9; 3 in xd)")
+    prompt.add_argument("--density-k", type=positive_int, default=1, help="k of the ID_k logged per epoch")
+    prompt.add_argument("--lambda-do", type=non_negative_finite, default=None,
+                        help="Direct Optimisation: subtract lambda * ID_k(P) from the loss (default 0, off)")
+    prompt.add_argument("--lambda-pp", type=non_negative_finite, default=None,
+                        help="Positional Penalty on the tail singular values of P (default 0, off)")
+    prompt.add_argument("--id-k", type=positive_int, default=None, help="k of both ID levers (default 1)")
+    method = parser.add_argument_group("method options")
+    method.add_argument("--prograd-lambda", type=non_negative_finite, default=None,
+                        help="ProGrad: weight of the KL term (default: the recipe's, 1.0; 0.8 for Flowers, DTD, "
+                             "EuroSAT at 8-16 shots in fewshot)")
+    method.add_argument("--method-option", action="append", type=method_option, default=None, metavar="KEY=VALUE",
+                        help="any other option of the method's recipe (repeatable), e.g. kg_weight=8 or gpa_mean=15")
+
+
+def override_kwargs(args: argparse.Namespace) -> dict:
+    """The keyword arguments of :func:`dipclip.api.train` that the override flags set."""
+    options = dict(args.method_option or [])
+    if args.prograd_lambda is not None:
+        options["prograd_lambda"] = args.prograd_lambda
+    return dict(
+        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, views=args.views,
+        eval_every=args.eval_every, feature_cache=args.feature_cache, n_ctx=args.n_ctx, init_text=args.init_text,
+        random_init=args.random_init, class_position=args.class_position, class_specific=args.class_specific,
+        prompt=args.prompt, vision_dip=args.vision_dip, rank=args.rank, dip_init=args.dip_init,
+        dip_dropout=args.dip_dropout, prompt_depth=args.prompt_depth, density_k=args.density_k,
+        lambda_do=args.lambda_do, lambda_pp=args.lambda_pp, id_k=args.id_k, method_options=options or None,
+    )
