@@ -8,8 +8,10 @@ black-and-white twins, ``_01``/``_02`` series, both drawings of one emoji) is he
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import random
+import subprocess
 import warnings
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -21,14 +23,14 @@ from PIL import Image
 from . import sources
 from .sources import Item
 
-# Demo classes: natural, mutually exclusive names with enough images in the sources. An item belongs to
-# the first of its categories that is a demo class; items whose categories name two demo classes (an
-# orca filed under fish and mammals) are ambiguous and left to pretraining.
+# Demo classes: natural, mutually exclusive names with enough images in the sources (about 100 or more, so
+# that holding out ~70 still leaves pretraining images of the class). An item belongs to the first of its
+# categories that is a demo class; items whose categories name two demo classes (an orca filed under fish
+# and mammals) are ambiguous and left to pretraining.
 DEMO_CLASSES = (
-    "aircraft", "arrow", "bird", "boat", "book", "building", "clock", "clothing", "computer", "dessert",
-    "drink", "flag", "flower", "fruit", "hand", "heart", "insect", "mammal", "money", "musical instrument",
-    "sea animal", "smiley face", "telephone", "tool", "toy", "traffic sign", "vegetable", "vehicle", "weapon",
-    "weather symbol",
+    "arrow", "bird", "building", "clock", "clothing", "computer", "dessert", "drink", "flag", "fruit", "hand",
+    "heart", "insect", "mammal", "meal", "musical instrument", "person", "smiley face", "sport", "tool",
+    "traffic sign", "vehicle", "weather symbol",
 )
 MAX_PIXELS = 40_000_000  # larger clip-art files (a handful, up to 150 Mpx) are skipped, not decoded
 
@@ -41,14 +43,14 @@ class DemoRecord:
 
 
 def collect_items(emoji_dir: Path, openclipart_dir: Path, fashion_dir: Path | None, seed: int,
-                  fashion_per_class: int) -> list[Item]:
+                  fashion_per_class: int, openmoji_dir: Path | None = None) -> list[Item]:
     """Every candidate image with its names, in a deterministic order."""
     rng = random.Random(seed)
     meta = sources.load_emoji_meta(emoji_dir)
     vocab = sources.emoji_vocabulary(meta) | sources.EXTRA_WORDS
     vocab |= {w for cats in sources.OPENCLIPART_FOLDERS.values() for c in cats for w in c.split()}
     items = sources.openclipart_items(openclipart_dir, vocab, rng)
-    items += sources.emoji_items(emoji_dir, meta, rng)
+    items += sources.emoji_items(emoji_dir, meta, rng, openmoji_dir)
     if fashion_dir is not None and fashion_per_class > 0:
         items += sources.fashion_items(fashion_dir, fashion_per_class, rng)
     sources.apply_keyword_categories(items)
@@ -65,13 +67,15 @@ def demo_class_of(item: Item) -> str | None:
     return hits[0] if len(set(hits)) == 1 else None
 
 
-def holdout_split(items: list[Item], seed: int, fraction: float = 0.5, max_per_class: int = 48,
-                  shots: int = 16, val_shots: int = 4) -> list[DemoRecord]:
+def holdout_split(items: list[Item], seed: int, fraction: float = 0.6, max_per_class: int = 80,
+                  min_test: int = 30, max_train: int = 40, val_per_class: int = 4) -> list[DemoRecord]:
     """Hold out whole groups per demo class and split them into the demo's train/val/test.
 
     Groups are drawn in a seeded order; a group that does not fit the class's remaining budget is skipped,
     so a 50-image series never swallows a class. Within the held-out images groups again stay together,
-    so a twin never sits in the demo's train split while the other is tested.
+    so a twin never sits in the demo's train split while the other is tested. The test split is filled
+    first, to at least ``min_test`` images, then ``val_per_class`` val images, then up to ``max_train`` train
+    images (more than 16, so that different seeds draw different 16-shot subsets); the rest is tested.
     """
     rng = random.Random(seed)
     by_class: dict[str, dict[str, list[Item]]] = defaultdict(lambda: defaultdict(list))
@@ -99,11 +103,14 @@ def holdout_split(items: list[Item], seed: int, fraction: float = 0.5, max_per_c
             if taken + size <= budget:
                 chosen.append(sorted(groups[group], key=lambda it: it.key))
                 taken += size
-        n_train = min(shots, int(0.4 * taken))
-        n_val = min(val_shots, max(1, int(0.1 * taken)))
         counts = {"train": 0, "val": 0, "test": 0}
-        for members in chosen:
-            split = "train" if counts["train"] < n_train else "val" if counts["val"] < n_val else "test"
+        for members in chosen:  # test first (a reliable number), then val, then train; what is left: test
+            if counts["test"] < min_test:
+                split = "test"
+            elif counts["val"] < val_per_class:
+                split = "val"
+            else:
+                split = "train" if counts["train"] < max_train else "test"
             for item in members:
                 records.append(DemoRecord(item.key, cls, split))
             counts[split] += len(members)
@@ -120,7 +127,7 @@ def render(item: Item, size: int, fashion_images: np.ndarray | None = None) -> I
         return grey.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with Image.open(item.path) as img:
+        with Image.open(_rasterise(item.path) if item.path.endswith(".svg") else item.path) as img:
             if img.width * img.height > MAX_PIXELS:
                 return None
             img.load()
@@ -143,11 +150,18 @@ def render(item: Item, size: int, fashion_images: np.ndarray | None = None) -> I
     return canvas.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
+def _rasterise(svg_path: str, side: int = 160) -> io.BytesIO:
+    """An SVG drawn as a transparent PNG by ``rsvg-convert`` (Debian ``librsvg2-bin``)."""
+    png = subprocess.run(["rsvg-convert", "-w", str(side), "-h", str(side), svg_path], check=True,
+                         capture_output=True, timeout=60).stdout
+    return io.BytesIO(png)
+
+
 def _render_worker(args):
     item, size = args
     try:
         img = render(item, size)
-    except (OSError, ValueError, Image.DecompressionBombError):
+    except (OSError, ValueError, Image.DecompressionBombError, subprocess.SubprocessError):
         return None
     return None if img is None else np.asarray(img, dtype=np.uint8)
 

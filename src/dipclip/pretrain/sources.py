@@ -369,11 +369,35 @@ def openclipart_items(root: Path, vocab: set[str], rng) -> list[Item]:
     return list(by_hash.values())
 
 
-def emoji_items(datasource_root: Path, meta: list[dict], rng) -> list[Item]:
-    """Twemoji and Noto drawings of every emoji concept (base images, no skin-tone variants)."""
+EMOJI_STYLES = (("twemoji", "emoji-datasource-twitter", "twitter"), ("noto-emoji", "emoji-datasource-google", "google"))
+OPENMOJI_STYLES = (("openmoji", "color"), ("openmoji-black", "black"))
+
+
+def _hex_key(code: str) -> str:
+    """Emoji code points without variation selectors: datasource and OpenMoji spell some differently."""
+    return "-".join(p for p in code.upper().split("-") if p != "FE0F")
+
+
+def openmoji_files(openmoji_root: Path | None) -> dict[str, dict[str, Path]]:
+    """``{style: {hex key: svg path}}`` of OpenMoji's colour and black line drawings (empty without it)."""
+    if openmoji_root is None:
+        return {}
+    found: dict[str, dict[str, Path]] = {}
+    for source, folder in OPENMOJI_STYLES:
+        svg_dir = openmoji_root / folder / "svg"
+        found[source] = {_hex_key(path.stem): path for path in sorted(svg_dir.glob("*.svg"))}
+    return found
+
+
+def emoji_items(datasource_root: Path, meta: list[dict], rng, openmoji_root: Path | None = None) -> list[Item]:
+    """Twemoji, Noto and (with ``openmoji_root``) OpenMoji colour and line drawings of every emoji concept.
+
+    Base images only, no skin-tone variants. All drawings of one concept share a group, so they are held
+    out together.
+    """
     flags = sorted(e["unified"] for e in meta if e.get("subcategory", "").endswith("flag"))
     kept_flags = set(rng.sample(flags, min(EMOJI_FLAG_CAP, len(flags))))
-    styles = [("twemoji", "emoji-datasource-twitter", "twitter"), ("noto-emoji", "emoji-datasource-google", "google")]
+    openmoji = openmoji_files(openmoji_root)
     items: list[Item] = []
     for entry in meta:
         sub = entry.get("subcategory", "")
@@ -384,12 +408,17 @@ def emoji_items(datasource_root: Path, meta: list[dict], rng) -> list[Item]:
             name = name.replace(" flag", "").strip() + " flag"
         categories = EMOJI_SUBGROUPS.get(sub) or next(
             (cats for prefix, cats in EMOJI_PREFIXES.items() if sub.startswith(prefix)), (sub.split("-")[-1],))
-        for source, package, style in styles:
+        paths = []
+        for source, package, style in EMOJI_STYLES:
             if not entry.get(f"has_img_{style}"):
                 continue
             path = datasource_root / f"{package}" / "package" / "img" / style / "64" / entry["image"]
-            if not path.is_file():
-                continue
+            if path.is_file():
+                paths.append((source, path))
+        for source, files in openmoji.items():
+            if _hex_key(entry["unified"]) in files:
+                paths.append((source, files[_hex_key(entry["unified"])]))
+        for source, path in paths:
             key = f"{source.replace('-', '_')}_{entry['unified'].lower().replace('-', '_')}"
             labels = set(categories) | set(name.split())
             items.append(Item(key, source, str(path), name, list(categories), "emoji:" + entry["unified"], labels))

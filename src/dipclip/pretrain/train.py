@@ -15,7 +15,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +27,19 @@ from .sources import Item
 
 MODEL_CFG: dict = {
     "embed_dim": 128,
-    "vision_cfg": {"image_size": 64, "patch_size": 8, "width": 128, "layers": 4, "head_width": 64,
+    "vision_cfg": {"image_size": 48, "patch_size": 8, "width": 128, "layers": 4, "head_width": 64,
                    "mlp_ratio": 4.0},
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 2, "layers": 4},
 }
+
+
+def model_config(image_size: int = 48, width: int = 128, layers: int = 4) -> dict:
+    """MODEL_CFG with another image size, tower width (both towers and the embedding) or depth."""
+    return {
+        "embed_dim": width,
+        "vision_cfg": dict(MODEL_CFG["vision_cfg"], image_size=image_size, width=width, layers=layers),
+        "text_cfg": dict(MODEL_CFG["text_cfg"], width=width, heads=max(2, width // 64), layers=layers),
+    }
 
 # Every prompt the library uses must appear in the captions, or its words keep random embeddings:
 # the default zero-shot template, CoOp's init "a photo of a", and the demo's templates.
@@ -46,9 +55,12 @@ SOURCE_TEMPLATES = {
     "openclipart": ("clip art of a {}", "a drawing of a {}.", "a clip art {}.", "a vector drawing of a {}."),
     "twemoji": ("an emoji of a {}.", "a {} emoji.", "a flat drawing of a {}."),
     "noto-emoji": ("an emoji of a {}.", "a {} emoji.", "a glossy drawing of a {}."),
+    "openmoji": ("an emoji of a {}.", "a {} emoji.", "a flat drawing of a {}.", "an outlined drawing of a {}."),
+    "openmoji-black": ("a black and white emoji of a {}.", "a line drawing of a {}.", "an outline of a {}."),
     "fashion-mnist": ("a black and white photo of a {}.", "a photo of a {}.", "a low resolution photo of a {}."),
 }
 PAIR_TEMPLATES = ("a photo of a {}, a type of {}.", "a drawing of a {}, a kind of {}.", "{}, a {}.")
+GREY_SOURCES = ("fashion-mnist", "openmoji-black")  # never turned grey by augmentation: they are already
 ZERO_SHOT_TEMPLATES = ("a photo of a {}.", "clip art of a {}", "a drawing of a {}.")
 
 
@@ -64,6 +76,7 @@ class TrainConfig:
     evals: int = 3                 # zero-shot evaluations during training (plus the final one)
     bf16: bool = False             # bf16 autocast only pays on CPUs with native bf16 (AVX512-BF16/AMX)
     log_every: int = 10
+    model_cfg: dict = field(default_factory=lambda: dict(MODEL_CFG))
 
 
 class CaptionSampler:
@@ -166,8 +179,11 @@ def encode_text(model, ids: torch.Tensor) -> torch.Tensor:
 
     The text transformer is causal and pools at the EOT token, so the padding after it never changes the
     result; with captions of ~10 tokens in a 32-token context this halves the text tower's cost.
+    Padding up to the rounded length is exact for the same reason.
     """
-    length = int(ids.argmax(dim=1).max()) + 1
+    # rounded up to a multiple of 8: a new tensor shape at nearly every step made the CPU allocator's
+    # memory grow by ~8 MB per step (measured: a run died of it after 1,850 steps)
+    length = min(ids.shape[1], -(-(int(ids.argmax(dim=1).max()) + 1) // 8) * 8)
     ids = ids[:, :length]
     x = model.token_embedding(ids) + model.positional_embedding[:length]
     x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
@@ -193,11 +209,11 @@ def zero_shot(model, tokenizer, images: torch.Tensor, labels: torch.Tensor, clas
     return results
 
 
-def build_model(seed: int):
+def build_model(seed: int, model_cfg: dict | None = None):
     import open_clip
 
     torch.manual_seed(seed)
-    return open_clip.CLIP(**MODEL_CFG)
+    return open_clip.CLIP(**(model_cfg or MODEL_CFG))
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -222,10 +238,10 @@ def train(
     import open_clip
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.seed)
-    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=MODEL_CFG["text_cfg"]["context_length"])
+    model = build_model(cfg.seed, cfg.model_cfg)
+    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=cfg.model_cfg["text_cfg"]["context_length"])
     sampler = CaptionSampler(items, tokenizer, cfg.seed)
-    size = MODEL_CFG["vision_cfg"]["image_size"]
+    size = cfg.model_cfg["vision_cfg"]["image_size"]
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
 
     budget_s = cfg.minutes * 60
@@ -241,7 +257,7 @@ def train(
     eval_tensors = {name: (eval_images(arr, size), labels, names) for name, (arr, labels, names) in eval_sets.items()}
     generator = torch.Generator().manual_seed(cfg.seed)
     order_rng = np.random.default_rng(cfg.seed)
-    grey = torch.tensor([it.source == "fashion-mnist" for it in items])
+    grey = torch.tensor([it.source in GREY_SOURCES for it in items])
     n = len(items)
     perm = order_rng.permutation(n)
     cursor = 0
@@ -294,7 +310,7 @@ def train(
             log({"step": step, "loss": round(running, 4), "lr": round(lr_at(step, done), 6),
                  "logit_scale": round(float(model.logit_scale.detach().exp()), 2), "elapsed_s": round(elapsed, 1),
                  "images_per_s": round((step + 1) * cfg.batch_size / max(elapsed - eval_time, 1e-6), 1),
-                 "epoch": round((step + 1) * cfg.batch_size / n, 2)})
+                 "epoch": round((step + 1) * cfg.batch_size / n, 2), "max_rss_mb": max_rss_mb()})
         step += 1
         if evals_done < cfg.evals and progress(step, time.time() - start) >= (evals_done + 1) / (cfg.evals + 1):
             t0 = time.time()
@@ -306,6 +322,13 @@ def train(
     log({"step": step, "zero_shot": final, "elapsed_s": round(time.time() - start, 1), "loss": round(running, 4)})
     model.eval()
     return model, tokenizer, sampler, final
+
+
+def max_rss_mb() -> int:
+    """Peak resident memory of this process (MB), logged so a memory problem shows before it kills the run."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 
 
 def write_log_line(path: Path) -> Callable[[dict], None]:
