@@ -106,13 +106,19 @@ def test_shipped_demo_data_needs_no_data_flag(tmp_path, capsys):
                               "--device", "cpu", "--out", tmp_path], capsys)
     assert code == 0, err
     payload = json.loads((tmp_path / "predictions.json").read_text())
-    assert len(payload["classnames"]) == 30 and len(payload["predictions"][0]["top"]) == 3
+    split = json.loads((embedded_data_root() / "demo" / "split_zhou_Demo.json").read_text())
+    n_classes = len({row[1] for row in split["train"]})
+    assert len(payload["classnames"]) == n_classes == 23 and len(payload["predictions"][0]["top"]) == 3
 
 
 def test_data_commands_find_the_shipped_demo_data(capsys):
+    from dipclip.api import embedded_data_root
+
+    split = json.loads((embedded_data_root() / "demo" / "split_zhou_Demo.json").read_text())
+    counts = ", ".join(f"{len(split[name])} {name}" for name in ("train", "val", "test"))
     code, out, _ = run_cli(["doctor", "--dataset", "demo"], capsys)
-    assert code == 0 and "checked demo: 417 train, 103 val, 583 test images" in out
+    assert code == 0 and f"checked demo: {counts} images" in out
     code, out, _ = run_cli(["data", "split", "--dataset", "demo", "--shots", "1", "--seed", "1"], capsys)
-    assert code == 0 and len(json.loads(out)["train"]) == 30
+    assert code == 0 and len(json.loads(out)["train"]) == 23  # one image per class
     code, _, err = run_cli(["doctor"], capsys)
     assert code == 2 and "--data ROOT is required" in err
