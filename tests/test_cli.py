@@ -103,13 +103,13 @@ def test_shipped_demo_data_needs_no_data_flag(tmp_path, capsys):
                               "--device", "cpu", "--out", tmp_path], capsys)
     assert code == 0, err
     payload = json.loads((tmp_path / "predictions.json").read_text())
-    assert len(payload["classnames"]) == 30 and len(payload["predictions"][0]["top"]) == 3
+    assert len(payload["classnames"]) == 23 and len(payload["predictions"][0]["top"]) == 3
 
 
 def test_data_commands_find_the_shipped_demo_data(capsys):
     code, out, _ = run_cli(["doctor", "--dataset", "demo"], capsys)
-    assert code == 0 and "checked demo: 417 train, 103 val, 583 test images" in out
+    assert code == 0 and "checked demo: 882 train, 106 val, 780 test images" in out
     code, out, _ = run_cli(["data", "split", "--dataset", "demo", "--shots", "1", "--seed", "1"], capsys)
-    assert code == 0 and len(json.loads(out)["train"]) == 30
+    assert code == 0 and len(json.loads(out)["train"]) == 23
     code, _, err = run_cli(["doctor"], capsys)
     assert code == 2 and "--data ROOT is required" in err
