@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shots", type=int, default=16)
     parser.add_argument("--eval-every", type=int, default=2)
     parser.add_argument("--views", default="4")
+    parser.add_argument("--lr", default=None, help="one learning rate for every configuration (default: each "
+                                                   "method's recipe)")
     parser.add_argument("--dataset", default="demo")
     parser.add_argument("--data", default=None, help="dataset root (default: the shipped demo)")
     parser.add_argument("--pretrained", default="dipclip-tiny")
@@ -130,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             command = python + ["train", *common, *CONFIGS[name], "--subsample", "base", "--shots", str(args.shots),
                                 "--seed", str(seed), "--epochs", str(args.epochs), "--eval-every",
                                 str(args.eval_every), "--views", args.views]
+            if args.lr:
+                command += ["--lr", args.lr]
             m = run_once(command, args.out / name / f"seed{seed}")
             row["base"].append(m["results"]["base"]["accuracy"])
             row["new"].append(m["results"]["new"]["accuracy"])
@@ -143,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             series[(name, seed)] = points
         rows.append(row)
     lines = [f"Base-to-new on {args.dataset} with {args.pretrained}: {args.shots} shots, {args.epochs} epochs, "
+             f"lr {args.lr or 'of each recipe'}, "
              f"views {args.views}, seeds {' '.join(map(str, args.seeds))}; rho = Spearman(ID_1, new accuracy) "
              f"over the checkpoints every {args.eval_every} epochs, mean ± std over seeds", "",
              "| configuration | params | base | new | HM | final ID_1(P) | rho ID_1(P)~new | rho ID_1(dP)~new |",
