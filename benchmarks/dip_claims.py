@@ -60,14 +60,19 @@ def cli_main(argv: list[str]) -> int | None:
         return stop.code if isinstance(stop.code, int) else 2
 
 
-def run_once(command: list[str], folder: Path) -> dict:
-    """Run ``command`` into ``folder`` unless an identical finished run is there; return its metrics."""
+def run_once(command: list[str], folder: Path, run: bool = True) -> dict | None:
+    """Run ``command`` into ``folder`` unless an identical finished run is there; return its metrics.
+
+    With ``run=False`` nothing is trained: a missing run gives None (a table of the runs done so far).
+    """
     record = folder / "command.json"
     metrics = folder / "metrics.json"
     if metrics.is_file() and record.is_file():
         if json.loads(record.read_text()) != command:
             sys.exit(f"dip_claims: error: {folder} holds a run of another command; use another --out")
         return json.loads(metrics.read_text())
+    if not run:
+        return None
     if folder.exists() and any(folder.iterdir()):
         sys.exit(f"dip_claims: error: {folder} holds an unfinished or foreign run; remove it or use another --out")
     folder.mkdir(parents=True, exist_ok=True)
@@ -108,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="demo")
     parser.add_argument("--data", default=None, help="dataset root (default: the shipped demo)")
     parser.add_argument("--pretrained", default="dipclip-tiny")
+    parser.add_argument("--table-only", action="store_true",
+                        help="train nothing: the table of the finished runs (the seeds column says how many)")
     parser.add_argument("--only", nargs="+", default=None, help=f"configurations to run (default: all of "
                                                                  f"{', '.join(CONFIGS)})")
     args = parser.parse_args(argv)
@@ -134,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
                                 str(args.eval_every), "--views", args.views]
             if args.lr:
                 command += ["--lr", args.lr]
-            m = run_once(command, args.out / name / f"seed{seed}")
+            m = run_once(command, args.out / name / f"seed{seed}", run=not args.table_only)
+            if m is None:
+                continue
             row["base"].append(m["results"]["base"]["accuracy"])
             row["new"].append(m["results"]["new"]["accuracy"])
             row["params"] = m["trainable_params"]
@@ -145,16 +154,18 @@ def main(argv: list[str] | None = None) -> int:
                 if rho is not None:
                     row[key].append(rho)
             series[(name, seed)] = points
-        rows.append(row)
+        if row["base"]:
+            rows.append(row)
     lines = [f"Base-to-new on {args.dataset} with {args.pretrained}: {args.shots} shots, {args.epochs} epochs, "
              f"lr {args.lr or 'of each recipe'}, "
              f"views {args.views}, seeds {' '.join(map(str, args.seeds))}; rho = Spearman(ID_1, new accuracy) "
              f"over the checkpoints every {args.eval_every} epochs, mean ± std over seeds", "",
-             "| configuration | params | base | new | HM | final ID_1(P) | rho ID_1(P)~new | rho ID_1(dP)~new |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| configuration | params | seeds | base | new | HM | final ID_1(P) | rho ID_1(P)~new | rho ID_1(dP)~new |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         b, n = statistics.mean(row["base"]), statistics.mean(row["new"])
-        lines.append(f"| {row['config']} | {row['params']} | {mean_std(row['base'])} | {mean_std(row['new'])} | "
+        lines.append(f"| {row['config']} | {row['params']} | {len(row['base'])} | {mean_std(row['base'])} | "
+                     f"{mean_std(row['new'])} | "
                      f"{hm(b, n):.2f} | {mean_std(row['id'])} | {mean_std(row['rho'])} | "
                      f"{mean_std(row.get('rho_update', []))} |")
     pooled = [p for pts in series.values() for p in pts]
