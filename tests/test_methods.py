@@ -165,23 +165,28 @@ def test_prograd_projects_each_learned_tensor_apart(tiny_backbone):
     loop), with lambda, not the concatenated (A, B) vector."""
     prograd = get_method("prograd+dip")
     cfg = prograd.prompt_config(prograd_lambda=0.8)
-    torch.manual_seed(4)
-    features = torch.nn.functional.normalize(torch.randn(6, 32), dim=-1)
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
     model = prograd.build(tiny_backbone, NAMES, cfg)
     params = model.trainable_parameters()
     assert len(params) == 2
     before = [p.detach().clone() for p in params]
-    loss, logits = prograd.loss(model, features, labels)
-    target = prograd.zero_shot_logits(model, features).softmax(-1)
-    kl = torch.nn.functional.kl_div(logits.log_softmax(-1), target, reduction="batchmean")
-    g_ce = torch.autograd.grad(loss, params, retain_graph=True)
-    g_kl = torch.autograd.grad(kl, params)
-    expected, conflicts = [], 0
-    for ce, general in zip(g_ce, g_kl, strict=True):
-        dot = float((ce * general).sum())
-        conflicts += dot < 0
-        expected.append(ce - 0.8 * dot / general.square().sum() * general if dot < 0 else ce)
+    # the backbone's random weights depend on the tests that ran before (a session fixture), so look for
+    # image features where a conflict happens rather than trusting one seed
+    for seed in range(50):
+        torch.manual_seed(seed)
+        features = torch.nn.functional.normalize(torch.randn(6, 32), dim=-1)
+        loss, logits = prograd.loss(model, features, labels)
+        target = prograd.zero_shot_logits(model, features).softmax(-1)
+        kl = torch.nn.functional.kl_div(logits.log_softmax(-1), target, reduction="batchmean")
+        g_ce = torch.autograd.grad(loss, params, retain_graph=True)
+        g_kl = torch.autograd.grad(kl, params)
+        expected, conflicts = [], 0
+        for ce, general in zip(g_ce, g_kl, strict=True):
+            dot = float((ce * general).sum())
+            conflicts += dot < 0
+            expected.append(ce - 0.8 * dot / general.square().sum() * general if dot < 0 else ce)
+        if conflicts >= 1:
+            break
     assert conflicts >= 1  # the case under test happens
     flat_ce, flat_kl = torch.cat([g.flatten() for g in g_ce]), torch.cat([g.flatten() for g in g_kl])
     dot = flat_ce @ flat_kl

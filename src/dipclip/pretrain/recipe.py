@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--minutes", type=float, default=20.0,
                         help="training time budget when --steps is not given (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--evals", type=int, default=3,
+                        help="zero-shot evaluations on the held-out images during training, evenly spaced, for "
+                             "the learning curve in the log (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=2, help="processes decoding images")
@@ -91,8 +94,29 @@ def check_sources(args) -> list[str]:
     return problems
 
 
+def fix_malloc_threshold(threshold: int = 1 << 20) -> bool:
+    """Pin glibc's mmap threshold, so large tensors are returned to the system when freed.
+
+    glibc raises the threshold after each large free (up to 32 MB), after which activation buffers live in the
+    heap; on a busy 2-core machine its fragmentation grew the process by ~17 MB per training step until the
+    kernel killed it (measured twice). A fixed threshold keeps memory flat. Without glibc this does nothing.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or platform.system() != "Linux":
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        return bool(libc.mallopt(-3, threshold))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    fix_malloc_threshold()
     import numpy as np
     import torch
 
@@ -138,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
          "prep_s": round(time.time() - started, 1)})
 
     cfg = train.TrainConfig(steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
-                            seed=args.seed,
+                            seed=args.seed, evals=args.evals,
                             model_cfg=train.model_config(args.image_size, args.width, args.layers))
     train_started = time.time()
     model, tokenizer, sampler, final = train.train(train_items, images[train_index], eval_sets, cfg, log)

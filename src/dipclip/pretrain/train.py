@@ -155,9 +155,9 @@ def augment(batch: torch.Tensor, out_size: int, generator: torch.Generator, grey
     grid = F.affine_grid(theta, (n, 3, out_size, out_size), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     to_grey = (torch.rand(n, generator=generator) < 0.1) & ~grey
-    if to_grey.any():
-        lum = (x[to_grey] * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-        x[to_grey] = lum.expand(-1, 3, -1, -1)
+    # the same shapes at every step (no boolean-mask indexing with a varying count): see encode_text
+    lum = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    x = torch.where(to_grey.view(n, 1, 1, 1), lum.expand(-1, 3, -1, -1), x)
     return normalise(x)
 
 
@@ -181,9 +181,10 @@ def encode_text(model, ids: torch.Tensor) -> torch.Tensor:
     result; with captions of ~10 tokens in a 32-token context this halves the text tower's cost.
     Padding up to the rounded length is exact for the same reason.
     """
-    # rounded up to a multiple of 8: a new tensor shape at nearly every step made the CPU allocator's
-    # memory grow by ~8 MB per step (measured: a run died of it after 1,850 steps)
-    length = min(ids.shape[1], -(-(int(ids.argmax(dim=1).max()) + 1) // 8) * 8)
+    # two lengths only (16 or the full context): a new tensor shape at nearly every step made the CPU
+    # allocator's memory grow by ~8 MB per step (measured: a run died of it after 1,850 steps), and even
+    # lengths rounded to a multiple of 8 grew by ~17 MB per step after step 500 on a shared machine
+    length = 16 if int(ids.argmax(dim=1).max()) < 16 else ids.shape[1]
     ids = ids[:, :length]
     x = model.token_embedding(ids) + model.positional_embedding[:length]
     x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
