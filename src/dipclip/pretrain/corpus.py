@@ -68,7 +68,8 @@ def demo_class_of(item: Item) -> str | None:
 
 
 def holdout_split(items: list[Item], seed: int, fraction: float = 0.6, max_per_class: int = 80,
-                  min_test: int = 30, max_train: int = 40, val_per_class: int = 4) -> list[DemoRecord]:
+                  min_test: int = 30, max_train: int = 40, val_per_class: int = 4,
+                  by_drawing: bool = True) -> list[DemoRecord]:
     """Hold out whole groups per demo class and split them into the demo's train/val/test.
 
     Groups are drawn in a seeded order; a group that does not fit the class's remaining budget is skipped,
@@ -76,6 +77,9 @@ def holdout_split(items: list[Item], seed: int, fraction: float = 0.6, max_per_c
     so a twin never sits in the demo's train split while the other is tested. The test split is filled
     first, to at least ``min_test`` images, then ``val_per_class`` val images, then up to ``max_train`` train
     images (more than 16, so that different seeds draw different 16-shot subsets); the rest is tested.
+
+    With ``by_drawing`` the demo splits are filled with single drawings instead of whole groups (see
+    :func:`drawing_units`); which images are held out from pretraining does not change.
     """
     rng = random.Random(seed)
     by_class: dict[str, dict[str, list[Item]]] = defaultdict(lambda: defaultdict(list))
@@ -103,6 +107,8 @@ def holdout_split(items: list[Item], seed: int, fraction: float = 0.6, max_per_c
             if taken + size <= budget:
                 chosen.append(sorted(groups[group], key=lambda it: it.key))
                 taken += size
+        if by_drawing:
+            chosen = drawing_units(chosen, random.Random(f"{seed}:{cls}"))
         counts = {"train": 0, "val": 0, "test": 0}
         for members in chosen:  # test first (a reliable number), then val, then train; what is left: test
             if counts["test"] < min_test:
@@ -115,6 +121,29 @@ def holdout_split(items: list[Item], seed: int, fraction: float = 0.6, max_per_c
                 records.append(DemoRecord(item.key, cls, split))
             counts[split] += len(members)
     return records
+
+
+def drawing_family(item: Item) -> str:
+    """The artwork an image belongs to: OpenMoji's colour and line drawings share one outline."""
+    return "openmoji" if item.source == "openmoji-black" else item.source
+
+
+def drawing_units(groups: list[list[Item]], rng: random.Random) -> list[list[Item]]:
+    """Split held-out groups into independent drawings, in a seeded order.
+
+    An emoji concept's group holds three independent artworks (Twemoji, Noto, OpenMoji); as in a real dataset,
+    where one kind of object is photographed many times, different artworks of one concept may sit in the
+    demo's train and test splits. Twins of one drawing (OpenMoji's colour and line versions, clip-art
+    colour/black-and-white files and numbered series) stay together.
+    """
+    units: list[list[Item]] = []
+    for members in groups:
+        by_family: dict[str, list[Item]] = defaultdict(list)
+        for item in members:
+            by_family[drawing_family(item)].append(item)
+        units.extend(by_family[family] for family in sorted(by_family))
+    rng.shuffle(units)
+    return units
 
 
 def render(item: Item, size: int, fashion_images: np.ndarray | None = None) -> Image.Image | None:

@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-size", type=int, default=48, help="model input size in pixels, patch 8")
     parser.add_argument("--width", type=int, default=128, help="width of both towers and of the embedding")
     parser.add_argument("--layers", type=int, default=4, help="depth of both towers")
+    parser.add_argument("--demo-only", action="store_true",
+                        help="no training: rebuild OUT/demo, the export and PROVENANCE.md from the run finished in "
+                             "--work (its model_fp32.pt and train_log.jsonl), e.g. after a change to the demo "
+                             "split; the other flags must be that run's (checked against its log)")
     parser.add_argument("--no-openmoji", action="store_true",
                         help="leave OpenMoji (CC BY-SA 4.0, SVG, needs rsvg-convert) out of pretraining and demo")
     return parser
@@ -133,8 +137,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     fashion_dir = args.fashion_dir if (args.fashion_dir / "train-images-idx3-ubyte.gz").is_file() else None
     started = time.time()
+    finished = finished_run(args.work / "train_log.jsonl", argv) if args.demo_only else None
+    if args.demo_only and finished is None:
+        print(f"dipclip pretrain: --demo-only needs a finished run of this command in {args.work} "
+              "(train_log.jsonl ends with another command or an unfinished run); run it without --demo-only",
+              file=sys.stderr)
+        return 2
     log = train.write_log_line(args.work / "train_log.jsonl")
-    log({"command": command_line(argv), "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+    if not args.demo_only:
+        log({"command": command_line(argv), "started": time.strftime("%Y-%m-%d %H:%M:%S")})
 
     openmoji_dir = None if args.no_openmoji else args.emoji_dir / "openmoji" / "package"
     items = corpus.collect_items(args.emoji_dir, args.openclipart_dir, fashion_dir, args.seed,
@@ -164,10 +175,21 @@ def main(argv: list[str] | None = None) -> int:
     cfg = train.TrainConfig(steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
                             seed=args.seed, evals=args.evals,
                             model_cfg=train.model_config(args.image_size, args.width, args.layers))
-    train_started = time.time()
-    model, tokenizer, sampler, final = train.train(train_items, images[train_index], eval_sets, cfg, log)
-    train_s = time.time() - train_started
-    torch.save(model.state_dict(), args.work / "model_fp32.pt")  # the unpruned fp32 weights, for checks
+    if finished is not None:
+        import open_clip
+
+        model = train.build_model(cfg.seed, cfg.model_cfg)
+        model.load_state_dict(torch.load(args.work / "model_fp32.pt", map_location="cpu", weights_only=True))
+        model.eval()
+        tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=cfg.model_cfg["text_cfg"]["context_length"])
+        sampler = train.CaptionSampler(train_items, tokenizer, cfg.seed)
+        final, cfg.steps, train_s = finished["zero_shot"], finished["step"], finished["elapsed_s"]
+        argv = finished["argv"]
+    else:
+        train_started = time.time()
+        model, tokenizer, sampler, final = train.train(train_items, images[train_index], eval_sets, cfg, log)
+        train_s = time.time() - train_started
+        torch.save(model.state_dict(), args.work / "model_fp32.pt")  # the unpruned fp32 weights, for checks
 
     # export: model, demo dataset, checks, provenance
     model_dir = args.out / args.name
@@ -197,6 +219,30 @@ def main(argv: list[str] | None = None) -> int:
     log({"done": True, "sha256": meta["sha256"], "total_s": round(time.time() - started, 1),
          "model_bytes": (model_dir / "model.safetensors").stat().st_size})
     return 0
+
+
+def finished_run(log_path: Path, argv: list[str] | None) -> dict | None:
+    """The last run in the log, if it is this command (without ``--demo-only``) and it finished training.
+
+    Returns its final zero-shot record plus ``argv``, the run's own arguments; None when the log ends with
+    another command, or with a run that never reached its final evaluation.
+    """
+    if not log_path.is_file():
+        return None
+    wanted = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--demo-only"]
+    run_argv, last = None, None
+    for line in log_path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "command" in record:
+            run_argv, last = shlex.split(record["command"])[3:], None
+        elif {"zero_shot", "elapsed_s", "loss"} <= record.keys():
+            last = record
+    if run_argv != wanted or last is None:
+        return None
+    return dict(last, argv=run_argv)
 
 
 def command_line(argv: list[str] | None) -> str:

@@ -1,0 +1,85 @@
+"""The demo's held-out split and the recipe's --demo-only check, on synthetic items (no image sources needed)."""
+
+import json
+import random
+
+from dipclip.pretrain import corpus, recipe
+from dipclip.pretrain.sources import Item
+
+
+def emoji_concept(code: str, category: str) -> list[Item]:
+    sources = ("twemoji", "noto-emoji", "openmoji", "openmoji-black")
+    return [Item(f"{s.replace('-', '_')}_{code}", s, f"/x/{s}/{code}.png", f"thing {code}", [category],
+                 f"emoji:{code}", {category}) for s in sources]
+
+
+def clip_art(stem: str, category: str, copies: int = 1) -> list[Item]:
+    return [Item(f"oca_{stem}_{i}", "openclipart", f"/x/oca/{stem}_{i}.png", stem, [category], f"oca:{stem}",
+                 {category}) for i in range(copies)]
+
+
+def corpus_items() -> list[Item]:
+    items = []
+    for cls in ("bird", "fruit"):
+        for n in range(40):
+            items += emoji_concept(f"{cls}{n:02d}", cls)
+        for n in range(10):
+            items += clip_art(f"{cls}_series_{n}", cls, copies=3)
+    return items
+
+
+def test_drawing_units_split_artworks_and_keep_twins():
+    units = corpus.drawing_units([emoji_concept("1f34e", "fruit") + clip_art("apple", "fruit", 2)],
+                                 random.Random(0))
+    families = sorted(tuple(sorted(it.source for it in unit)) for unit in units)
+    assert families == [("noto-emoji",), ("openclipart", "openclipart"), ("openmoji", "openmoji-black"),
+                        ("twemoji",)]
+
+
+def test_splitting_by_drawing_holds_out_the_same_images():
+    """--demo-only relies on this: the pretraining set does not depend on how the demo splits are filled."""
+    items = corpus_items()
+    by_group = corpus.holdout_split(items, seed=0, by_drawing=False)
+    by_drawing = corpus.holdout_split(items, seed=0, by_drawing=True)
+    assert {r.key for r in by_group} == {r.key for r in by_drawing}
+    assert [r.key for r in by_group] != [r.key for r in by_drawing]
+
+    def split_of(records):
+        return {r.key: r.split for r in records}
+
+    for records in (by_group, by_drawing):
+        splits = split_of(records)
+        for item in items:  # OpenMoji colour and line twins and clip-art series never straddle splits
+            if item.source == "openmoji-black" and item.key in splits:
+                assert splits[item.key] == splits[item.key.replace("openmoji_black", "openmoji")]
+        series = {}
+        for item in items:
+            if item.source == "openclipart" and item.key in splits:
+                series.setdefault(item.group, set()).add(splits[item.key])
+        assert all(len(s) == 1 for s in series.values())
+    # by drawing, artworks of one concept do reach both the train and the test split
+    splits = split_of(by_drawing)
+    straddling = 0
+    for item in items:
+        if item.source == "twemoji" and item.key in splits:
+            other = item.key.replace("twemoji", "noto_emoji")
+            straddling += {splits[item.key], splits[other]} == {"train", "test"}
+    assert straddling > 0
+
+
+def test_demo_only_takes_only_a_finished_run_of_the_same_command(tmp_path):
+    log = tmp_path / "train_log.jsonl"
+    argv = ["--out", "o", "--minutes", "5"]
+    final = {"step": 900, "zero_shot": {"heldout": {"a photo of a {}.": 40.0}}, "elapsed_s": 300.0, "loss": 2.1}
+    lines = [{"command": "python -m dipclip.pretrain --out o --minutes 5"}, {"step": 10, "loss": 3.0},
+             {"step": 450, "zero_shot": {"heldout": {}}}, final]
+    log.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    found = recipe.finished_run(log, argv + ["--demo-only"])
+    assert found["step"] == 900 and found["argv"] == argv
+    assert recipe.finished_run(log, ["--out", "o", "--minutes", "6", "--demo-only"]) is None
+    # a later run that did not finish hides the earlier one
+    with open(log, "a") as handle:
+        handle.write(json.dumps({"command": "python -m dipclip.pretrain --out o --minutes 5"}) + "\n")
+        handle.write(json.dumps({"step": 10, "loss": 3.0}) + "\n")
+    assert recipe.finished_run(log, argv + ["--demo-only"]) is None
+    assert recipe.finished_run(tmp_path / "missing.jsonl", argv) is None
