@@ -158,6 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     held = {r.key for r in records}
     train_index = [i for i, it in enumerate(items) if it.key not in held]
     train_items = [items[i] for i in train_index]
+    if finished is not None:
+        trained_on = {row["key"] for row in json.loads((args.work / "manifest.json").read_text())
+                      if row["heldout"] is None}
+        if trained_on != {it.key for it in train_items}:
+            print(f"dipclip pretrain: --demo-only: the images held out now differ from those the run in "
+                  f"{args.work} trained without; rebuild the demo only after a change to how the held-out "
+                  "images are split, or retrain without --demo-only", file=sys.stderr)
+            return 2
     corpus.save_manifest(items, records, args.work / "manifest.json")
     classnames = sorted({r.classname for r in records})
     position = {it.key: i for i, it in enumerate(items)}
