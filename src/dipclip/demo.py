@@ -31,6 +31,7 @@ def run_demo(
     seeds: Sequence[int] = (1, 2, 3),
     shots: int = 16,
     epochs: int = 20,
+    lr: float | None = None,
     quick: bool = False,
     device: str = "auto",
     progress: bool = True,
@@ -45,7 +46,7 @@ def run_demo(
     backbone = load_backbone(model, pretrained, device=device)
     config = ProtocolConfig(protocol="base2new", data=data, datasets=[dataset], methods=DEMO_METHODS,
                             seeds=tuple(seeds), shots=(shots,), out=out, model=model, pretrained=pretrained,
-                            device=device, epochs=epochs, train_options={"eval_every": max(1, epochs // 10)},
+                            device=device, epochs=epochs, train_options={"eval_every": max(1, epochs // 10)} | ({} if lr is None else {"lr": lr}),
                             progress=progress)
     runner = ProtocolRunner(config, backbone=backbone)
     summary = runner.run()
@@ -70,8 +71,8 @@ def run_demo(
             "hm": harmonic_mean(entry["base"]["mean"], entry["new"]["mean"]),
             "id_prompt": sum(densities) / len(densities) if densities else None,
         })
-    table = _format_table(rows, dataset, backbone.name, len(seeds), shots, epochs)
-    result = {"rows": rows, "seeds": list(seeds), "shots": shots, "epochs": epochs, "dataset": dataset,
+    table = _format_table(rows, dataset, backbone.name, len(seeds), shots, epochs, lr)
+    result = {"rows": rows, "seeds": list(seeds), "shots": shots, "epochs": epochs, "lr": lr, "dataset": dataset,
               "backbone": backbone.describe(), "plots": plots, "table": table,
               "seconds": round(time.perf_counter() - began, 1)}
     atomic_write_json(out / "demo.json", result)
@@ -83,14 +84,16 @@ def run_demo(
     return result
 
 
-def _format_table(rows: list[dict], dataset: str, backbone: str, n_seeds: int, shots: int, epochs: int) -> str:
+def _format_table(rows: list[dict], dataset: str, backbone: str, n_seeds: int, shots: int, epochs: int,
+                  lr: float | None = None) -> str:
     def cell(value: dict) -> str:
         if value["mean"] is None:
             return "-"
         return f"{value['mean']:.2f}" + (f" ± {value['std']:.2f}" if value.get("n", 0) > 1 else "")
 
+    rate = "the recipes' learning rate" if lr is None else f"lr {lr:g}"
     lines = [
-        f"Base-to-new on {dataset} with {backbone}: {shots} shots, {epochs} epochs, {n_seeds} seed(s)",
+        f"Base-to-new on {dataset} with {backbone}: {shots} shots, {epochs} epochs, {rate}, {n_seeds} seed(s)",
         "",
         "| method | trainable params | base | new | HM | ID_1(P) |",
         "|---|---|---|---|---|---|",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import FORMATTER, out_dir, path_arg, positive_int
+from .common import FORMATTER, out_dir, path_arg, positive_float, positive_int
 
 
 def add_commands(subparsers) -> None:
@@ -28,6 +28,8 @@ def add_commands(subparsers) -> None:
     demo.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="default: 1 2 3")
     demo.add_argument("--shots", type=positive_int, default=16, help="default: 16")
     demo.add_argument("--epochs", type=positive_int, default=20, help="default: 20")
+    demo.add_argument("--lr", type=positive_float, default=None,
+                      help="one learning rate for CoOp and DIP (default: each method's published recipe, SGD 0.002)")
     demo.add_argument("--quick", action="store_true", help="one seed, 2 epochs, 4 shots: a smoke test")
     demo.add_argument("--device", default="auto")
     demo.add_argument("--out", type=out_dir, default="runs/demo", metavar="DIR", help="default: runs/demo")
@@ -47,7 +49,7 @@ def cmd_demo(args) -> int:
 
     dataset_info(args.dataset)  # a one-line error for an unknown key
     run_demo(args.out, model=args.model, pretrained=args.pretrained, data=args.data, dataset=args.dataset,
-             seeds=args.seeds, shots=args.shots, epochs=args.epochs, quick=args.quick, device=args.device,
+             seeds=args.seeds, shots=args.shots, epochs=args.epochs, lr=args.lr, quick=args.quick, device=args.device,
              progress=not args.quiet)
     return 0
 
