@@ -85,9 +85,13 @@ def test_eval_every_and_analyze_on_a_real_run(tmp_path, tiny_config_path, image_
 def test_demo_quick_on_the_shipped_model(tmp_path, capsys):
     from dipclip.demo import run_demo
 
-    result = run_demo(tmp_path / "demo", quick=True, device="cpu", progress=False)
+    result = run_demo(tmp_path / "demo", quick=True, lr=0.01, device="cpu", progress=False)
     out = capsys.readouterr().out
     assert "| method | trainable params | base | new | HM | ID_1(P) |" in out
+    assert "lr 0.01," in result["table"].splitlines()[0]
+    for method in ("coop", "dip"):  # --lr reaches every trained run, and its metrics say so
+        metrics = json.loads(next((tmp_path / "demo").rglob(f"{method}/seed1/metrics.json")).read_text())
+        assert metrics["config"]["optim"]["lr"] == 0.01
     methods = [row["method"] for row in result["rows"]]
     assert methods == ["zeroshot", "coop", "dip"]
     params = {row["method"]: row["trainable_params"] for row in result["rows"]}
