@@ -12,12 +12,13 @@ def add_commands(subparsers) -> None:
         "demo", formatter_class=FORMATTER, help="zero-shot, CoOp and DIP base-to-new on the shipped demo data",
         description="Base-to-new on the demo dataset with the shipped small CLIP (dipclip-tiny), offline:\n"
                     "zero-shot, CoOp and DIP over 3 seeds; prints the base / new / HM table with parameter counts\n"
-                    "and the Information Density of each learned prompt, and writes the plots. About 5 minutes\n"
+                    "and the Information Density of each learned prompt, and writes the plots. Under a minute\n"
                     "on 2 CPU cores (--quick: one seed, a few epochs, for CI). The same command runs on real CLIP\n"
                     "and real data with --model/--pretrained/--data/--dataset.",
         epilog="examples:\n"
                "  dipclip demo\n"
                "  dipclip demo --quick --out runs/demo-quick\n"
+               "  dipclip demo --lr 0.02 --out runs/demo-lr0.02\n"
                "  dipclip demo --model ViT-B-16 --pretrained openai --data ~/data --dataset oxford_pets --epochs 50\n",
     )
     demo.add_argument("--model", type=path_arg, default=None, metavar="NAME|CONFIG.json")
