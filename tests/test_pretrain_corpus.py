@@ -74,8 +74,13 @@ def test_demo_only_takes_only_a_finished_run_of_the_same_command(tmp_path):
     lines = [{"command": "python -m dipclip.pretrain --out o --minutes 5"}, {"step": 10, "loss": 3.0},
              {"step": 450, "zero_shot": {"heldout": {}}}, final]
     log.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    with open(log, "a") as handle:  # the run's own end, then a later --demo-only rebuild's
+        handle.write(json.dumps({"done": True, "total_s": 320.0}) + "\n")
+        handle.write(json.dumps({"done": True, "total_s": 9.0}) + "\n")
     found = recipe.finished_run(log, argv + ["--demo-only"])
     assert found["step"] == 900 and found["argv"] == argv
+    assert found["total_s"] == 320.0  # the provenance's recipe time is the training run's
+    assert recipe.learning_curve(log) == [(900, 40.0)]  # evaluations without the template are left out
     assert recipe.finished_run(log, ["--out", "o", "--minutes", "6", "--demo-only"]) is None
     # a later run that did not finish hides the earlier one
     with open(log, "a") as handle:

@@ -392,11 +392,13 @@ Italian/French words translated), emoji names and groups, Fashion-MNIST class na
 pairs, drawn afresh at every step. Identical captions in a batch count as positives.
 
 ## Held-out images and the demo dataset
-Before training, for each of the {demo_counts['classes']} demo classes about half of the images (at most 48) were
-held out as whole file-name groups (colour/black-and-white twins and numbered series stay together; both
-drawings of an emoji stay together). Pretraining never saw them. The demo dataset (`../demo`, CoOp format,
-{DEMO_SIZE} px PNG) is made of these images only: {demo_counts['train']} train, {demo_counts['val']} val,
-{demo_counts['test']} test.
+Before training, for each of the {demo_counts['classes']} demo classes about 60% of the images (at most 80) were
+held out as whole file-name groups (colour/black-and-white twins and numbered series stay together; all
+four drawings of an emoji stay together). Pretraining never saw them. The demo dataset (`../demo`, CoOp
+format, {DEMO_SIZE} px PNG) is made of these images only: {demo_counts['train']} train, {demo_counts['val']} val,
+{demo_counts['test']} test. Within the demo the splits are filled drawing by drawing: the three independent
+artworks of one emoji (Twemoji, Noto, OpenMoji) may sit in different splits, a drawing's twins (OpenMoji's
+colour and line versions, clip-art colour/black-and-white files and series) never do.
 
 | class | train | val | test |
 |---|---|---|---|
