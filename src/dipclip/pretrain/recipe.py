@@ -230,21 +230,28 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def log_records(log_path: Path) -> list[dict]:
+    """The JSON lines of a training log; a line cut short by a killed run is skipped."""
+    if not log_path.is_file():
+        return []
+    records = []
+    for line in log_path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
 def finished_run(log_path: Path, argv: list[str] | None) -> dict | None:
     """The last run in the log, if it is this command (without ``--demo-only``) and it finished training.
 
     Returns its final zero-shot record plus ``argv``, the run's own arguments; None when the log ends with
     another command, or with a run that never reached its final evaluation.
     """
-    if not log_path.is_file():
-        return None
     wanted = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--demo-only"]
     run_argv, last = None, None
-    for line in log_path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for record in log_records(log_path):
         if "command" in record:
             run_argv, last = shlex.split(record["command"])[3:], None
         elif {"zero_shot", "elapsed_s", "loss"} <= record.keys():
@@ -259,13 +266,7 @@ def finished_run(log_path: Path, argv: list[str] | None) -> dict | None:
 def learning_curve(log_path: Path, template: str = "a photo of a {}.") -> list[tuple[int, float]]:
     """(step, held-out zero-shot %) of the last run in the log, in order."""
     points: list[tuple[int, float]] = []
-    if not log_path.is_file():
-        return points
-    for line in log_path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for record in log_records(log_path):
         if "command" in record:
             points = []
         elif "zero_shot" in record and template in record["zero_shot"].get("heldout", {}):
