@@ -327,9 +327,12 @@ RECIPE_NOTES = """## How the recipe was chosen (measured 2026-12-01)
   shots of a 3.8 MB model's features teach less than its text side already knows, which caps what prompt
   tuning can gain on base here. The demo is split by drawing since v3 (closer to a real dataset; the
   held-out images, never pretrained on, are the same either way).
-- More sources found on npm (not used yet: each changes the held-out set, so it needs a new run):
-  `fluentui-emoji` (Microsoft's Fluent Emoji, MIT) and `@svgmoji/blob` (Blobmoji sprites, package MIT,
-  artwork Apache-2.0), two more independent drawings of each emoji concept (4 -> 6 images per concept).
+- More sources looked at on npm (not used yet: each changes the held-out set, so it needs a new run):
+  `fluentui-emoji@1.3.0` holds Microsoft's Fluent Emoji as SVG (3,145 concepts, each in a flat and a
+  "modern" colour style, 1,595 in high contrast), named by emoji name; the package is MIT (c) Mohammad Abu
+  Mattar and the artwork comes from Microsoft's MIT-licensed fluentui-emoji. One more independent artwork
+  per concept (its styles are twins of one drawing). `@svgmoji/blob@3.2.0` (MIT) holds no images (7.7 kB of
+  code), so Blobmoji is not available from the registry this way.
 """
 
 
