@@ -3,6 +3,8 @@
 import json
 import random
 
+import pytest
+
 from dipclip.pretrain import corpus, recipe
 from dipclip.pretrain.sources import Item
 
@@ -68,23 +70,53 @@ def test_splitting_by_drawing_holds_out_the_same_images():
 
 
 def test_demo_only_takes_only_a_finished_run_of_the_same_command(tmp_path):
+    from dipclip.backbones.build import file_sha256
+
     log = tmp_path / "train_log.jsonl"
+    weights = tmp_path / recipe.FP32_NAME
+    weights.write_bytes(b"fp32 weights")
+    (tmp_path / "manifest.json").write_text(json.dumps([{"key": "a", "heldout": None},
+                                                        {"key": "b", "heldout": {"split": "test"}}]))
     argv = ["--out", "o", "--minutes", "5"]
     final = {"step": 900, "zero_shot": {"heldout": {"a photo of a {}.": 40.0}}, "elapsed_s": 300.0, "loss": 2.1}
     lines = [{"command": "python -m dipclip.pretrain --out o --minutes 5"}, {"step": 10, "loss": 3.0},
              {"step": 450, "zero_shot": {"heldout": {}}}, final]
-    log.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    with open(log, "a") as handle:  # the run's own end, then a later --demo-only rebuild's
-        handle.write(json.dumps({"done": True, "total_s": 320.0}) + "\n")
-        handle.write(json.dumps({"done": True, "total_s": 9.0}) + "\n")
-    found = recipe.finished_run(log, argv + ["--demo-only"])
-    assert found["step"] == 900 and found["argv"] == argv
+
+    def write(records):
+        log.write_text("".join(json.dumps(x) + "\n" for x in records))
+
+    write(lines[:3])  # killed before its final evaluation
+    assert recipe.finished_run(tmp_path, argv + ["--demo-only"]) == (None, f"the last run in {tmp_path} did not finish")
+    write(lines)  # the final evaluation, but no weights saved
+    assert "logged no hash of its model_fp32.pt" in recipe.finished_run(tmp_path, argv)[1]
+    # the run's end, then a later --demo-only rebuild (logged under its own key, with its own end)
+    lines += [{"fp32_weights": recipe.FP32_NAME, "sha256": file_sha256(weights)}, {"done": True, "total_s": 320.0, "sha256": "abc"},
+              {"demo_only": "python -m dipclip.pretrain --out o --minutes 5 --demo-only"},
+              {"done": True, "total_s": 9.0}]
+    write(lines)
+    found, problem = recipe.finished_run(tmp_path, argv + ["--demo-only"])
+    assert problem == "" and found["step"] == 900 and found["argv"] == argv
     assert found["total_s"] == 320.0  # the provenance's recipe time is the training run's
+    assert found["export_sha256"] == "abc"  # the file a rebuild must reproduce
+    assert found["trained_on"] == {"a"}
     assert recipe.learning_curve(log) == [(900, 40.0)]  # evaluations without the template are left out
-    assert recipe.finished_run(log, ["--out", "o", "--minutes", "6", "--demo-only"]) is None
+    found, problem = recipe.finished_run(tmp_path, ["--out", "o", "--minutes", "6", "--demo-only"])
+    assert found is None and "another command (--out o --minutes 5)" in problem
+    weights.write_bytes(b"other weights")  # not the file the run wrote
+    found, problem = recipe.finished_run(tmp_path, argv)
+    assert found is None and "not the file that run wrote" in problem
+    weights.write_bytes(b"fp32 weights")
+    (tmp_path / "manifest.json").write_text("[{")
+    assert "manifest.json is missing or damaged" in recipe.finished_run(tmp_path, argv)[1]
     # a later run that did not finish hides the earlier one
-    with open(log, "a") as handle:
-        handle.write(json.dumps({"command": "python -m dipclip.pretrain --out o --minutes 5"}) + "\n")
-        handle.write(json.dumps({"step": 10, "loss": 3.0}) + "\n")
-    assert recipe.finished_run(log, argv + ["--demo-only"]) is None
-    assert recipe.finished_run(tmp_path / "missing.jsonl", argv) is None
+    write(lines + [{"command": "python -m dipclip.pretrain --out o --minutes 5"}, {"step": 10, "loss": 3.0}])
+    assert recipe.finished_run(tmp_path, argv)[0] is None
+    assert "records no training run" in recipe.finished_run(tmp_path / "empty", argv)[1]
+
+
+def test_pretrain_refuses_bad_evals(capsys):
+    with pytest.raises(SystemExit) as stop:
+        recipe.build_parser().parse_args(["--out", "o", "--evals", "-1"])
+    assert stop.value.code == 2
+    assert "--evals: must be >= 0, got -1" in capsys.readouterr().err
+

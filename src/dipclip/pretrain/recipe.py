@@ -16,12 +16,24 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
 EMOJI_PACKAGES = {"emoji-datasource": "16.0.0", "emoji-datasource-twitter": "16.0.0",
                   "emoji-datasource-google": "16.0.0", "openmoji": "17.0.0"}
 DEMO_SIZE = 64
+FP32_NAME = "model_fp32.pt"
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--minutes", type=float, default=20.0,
                         help="training time budget when --steps is not given (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--evals", type=int, default=3,
+    parser.add_argument("--evals", type=non_negative_int, default=3,
                         help="zero-shot evaluations on the held-out images during training, evenly spaced, for "
                              "the learning curve in the log (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -120,10 +132,12 @@ def fix_malloc_threshold(threshold: int = 1 << 20) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    fix_malloc_threshold()
+    malloc_pinned = fix_malloc_threshold()
     import numpy as np
     import torch
 
+    from ..backbones.build import file_sha256
+    from ..engine.reproducibility import atomic_torch_save
     from . import corpus, evaluate, export, train
 
     torch.set_num_threads(args.threads)
@@ -137,15 +151,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     fashion_dir = args.fashion_dir if (args.fashion_dir / "train-images-idx3-ubyte.gz").is_file() else None
     started = time.time()
-    finished = finished_run(args.work / "train_log.jsonl", argv) if args.demo_only else None
-    if args.demo_only and finished is None:
-        print(f"dipclip pretrain: --demo-only needs a finished run of this command in {args.work} "
-              "(train_log.jsonl ends with another command or an unfinished run); run it without --demo-only",
-              file=sys.stderr)
-        return 2
+    finished = None
+    if args.demo_only:
+        finished, problem = finished_run(args.work, argv)
+        if finished is None:
+            print(f"dipclip pretrain: --demo-only: {problem}; run the command without --demo-only", file=sys.stderr)
+            return 2
     log = train.write_log_line(args.work / "train_log.jsonl")
-    if not args.demo_only:
-        log({"command": command_line(argv), "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+    # a rebuild is logged under its own key, so the training run stays the log's last run
+    log({"demo_only" if args.demo_only else "command": command_line(argv),
+         "started": time.strftime("%Y-%m-%d %H:%M:%S"), "malloc_threshold_pinned": malloc_pinned})
 
     openmoji_dir = None if args.no_openmoji else args.emoji_dir / "openmoji" / "package"
     items = corpus.collect_items(args.emoji_dir, args.openclipart_dir, fashion_dir, args.seed,
@@ -159,14 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     train_index = [i for i, it in enumerate(items) if it.key not in held]
     train_items = [items[i] for i in train_index]
     if finished is not None:
-        trained_on = {row["key"] for row in json.loads((args.work / "manifest.json").read_text())
-                      if row["heldout"] is None}
-        if trained_on != {it.key for it in train_items}:
+        if finished["trained_on"] != {it.key for it in train_items}:
             print(f"dipclip pretrain: --demo-only: the images held out now differ from those the run in "
                   f"{args.work} trained without; rebuild the demo only after a change to how the held-out "
                   "images are split, or retrain without --demo-only", file=sys.stderr)
             return 2
-    corpus.save_manifest(items, records, args.work / "manifest.json")
+    else:
+        corpus.save_manifest(items, records, args.work / "manifest.json")
     classnames = sorted({r.classname for r in records})
     position = {it.key: i for i, it in enumerate(items)}
 
@@ -187,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         import open_clip
 
         model = train.build_model(cfg.seed, cfg.model_cfg)
-        model.load_state_dict(torch.load(args.work / "model_fp32.pt", map_location="cpu", weights_only=True))
+        model.load_state_dict(torch.load(args.work / FP32_NAME, map_location="cpu", weights_only=True))
         model.eval()
         tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=cfg.model_cfg["text_cfg"]["context_length"])
         sampler = train.CaptionSampler(train_items, tokenizer, cfg.seed)
@@ -197,20 +211,33 @@ def main(argv: list[str] | None = None) -> int:
         train_started = time.time()
         model, tokenizer, sampler, final = train.train(train_items, images[train_index], eval_sets, cfg, log)
         train_s = time.time() - train_started
-        torch.save(model.state_dict(), args.work / "model_fp32.pt")  # the unpruned fp32 weights, for checks
+        # the unpruned fp32 weights, for checks and --demo-only; their hash in the log ties them to this run
+        atomic_torch_save(args.work / FP32_NAME, model.state_dict())
+        log({"fp32_weights": FP32_NAME, "sha256": file_sha256(args.work / FP32_NAME)})
 
     # export: model, demo dataset, checks, provenance
     model_dir = args.out / args.name
     demo_dir = args.out / "demo"
-    if (demo_dir / "images").is_dir():
-        shutil.rmtree(demo_dir / "images")
-    demo_counts = corpus.write_demo(items, records, images, demo_dir, DEMO_SIZE)
     texts = sampler.all_texts() + [t.format(c) for t in train.ZERO_SHOT_TEMPLATES for c in classnames]
     token_ids = train.used_token_ids(texts, tokenizer)
     provenance = (f"dipclip.pretrain seed {args.seed}, {cfg.steps} steps of {cfg.batch_size}; Open Clip Art "
                   "(public domain), Twemoji (CC-BY 4.0), Noto Emoji (Apache-2.0), OpenMoji (CC BY-SA 4.0), "
                   "Fashion-MNIST (MIT); "
                   "see PROVENANCE.md")
+    if finished is not None and finished.get("export_sha256"):
+        # a rebuild must reproduce the run's shipped file byte for byte before anything in OUT is replaced
+        with tempfile.TemporaryDirectory(dir=args.work) as staging:
+            rebuilt = export.export_model(model, cfg.model_cfg, token_ids, Path(staging), provenance)["sha256"]
+        if rebuilt != finished["export_sha256"]:
+            print(f"dipclip pretrain: --demo-only: the weights rebuilt from {args.work / FP32_NAME} export to sha256 "
+                  f"{rebuilt[:16]}, not the run's {finished['export_sha256'][:16]}; nothing in {args.out} was "
+                  "changed: retrain without --demo-only", file=sys.stderr)
+            return 2
+    if finished is not None:
+        corpus.save_manifest(items, records, args.work / "manifest.json")  # the new demo split, same images
+    if (demo_dir / "images").is_dir():
+        shutil.rmtree(demo_dir / "images")
+    demo_counts = corpus.write_demo(items, records, images, demo_dir, DEMO_SIZE)
     export.export_model(model, cfg.model_cfg, token_ids, model_dir, provenance)
     shipped = export.load_exported(model_dir)
     test_rows = [r for r in records if r.split == "test"]
@@ -243,24 +270,47 @@ def log_records(log_path: Path) -> list[dict]:
     return records
 
 
-def finished_run(log_path: Path, argv: list[str] | None) -> dict | None:
-    """The last run in the log, if it is this command (without ``--demo-only``) and it finished training.
+def finished_run(work: Path, argv: list[str] | None) -> tuple[dict | None, str]:
+    """The last training run in ``work``, if it is this command (without ``--demo-only``) and it finished.
 
-    Returns its final zero-shot record plus ``argv``, the run's own arguments; None when the log ends with
-    another command, or with a run that never reached its final evaluation.
+    Returns its final zero-shot record plus ``argv`` (the run's own arguments), ``total_s`` and
+    ``export_sha256`` (of the file it shipped; absent if it stopped before exporting),
+    ``trained_on`` (the keys of the images it trained on, from its manifest), and an empty reason; or None
+    and the reason why the run cannot be rebuilt from: the log ends with another command or an unfinished
+    run, or its fp32 weights or manifest are missing, damaged or not the ones it wrote.
     """
+    from ..backbones.build import file_sha256
+
     wanted = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--demo-only"]
-    run_argv, last = None, None
-    for record in log_records(log_path):
+    run_argv, last, weights_sha = None, None, None
+    for record in log_records(work / "train_log.jsonl"):
         if "command" in record:
-            run_argv, last = shlex.split(record["command"])[3:], None
+            run_argv, last, weights_sha = shlex.split(record["command"])[3:], None, None
         elif {"zero_shot", "elapsed_s", "loss"} <= record.keys():
             last = record
+        elif "fp32_weights" in record:
+            weights_sha = record["sha256"]
         elif record.get("done") and last is not None and "total_s" not in last:
-            last = dict(last, total_s=record["total_s"])  # the run's own recipe time, not a later rebuild's
-    if run_argv != wanted or last is None:
-        return None
-    return dict(last, argv=run_argv)
+            # the run's own recipe time and shipped file, not a later rebuild's
+            last = dict(last, total_s=record["total_s"], export_sha256=record.get("sha256"))
+    if run_argv is None:
+        return None, f"{work / 'train_log.jsonl'} records no training run"
+    if run_argv != wanted:
+        return None, f"the last run in {work} is another command ({' '.join(run_argv)})"
+    if last is None:
+        return None, f"the last run in {work} did not finish"
+    if weights_sha is None:
+        return None, (f"the last run in {work} logged no hash of its {FP32_NAME} (it stopped before saving it, "
+                      "or it predates that record), so its weights cannot be told apart from another run's")
+    weights = work / FP32_NAME
+    if not weights.is_file() or file_sha256(weights) != weights_sha:
+        return None, f"{weights} is missing or not the file that run wrote"
+    try:
+        rows = json.loads((work / "manifest.json").read_text())
+        trained_on = {row["key"] for row in rows if row["heldout"] is None}
+    except (OSError, ValueError, TypeError, KeyError):
+        return None, f"{work / 'manifest.json'} is missing or damaged"
+    return dict(last, argv=run_argv, trained_on=trained_on), ""
 
 
 def learning_curve(log_path: Path, template: str = "a photo of a {}.") -> list[tuple[int, float]]:
