@@ -120,3 +120,19 @@ def test_pretrain_refuses_bad_evals(capsys):
     assert stop.value.code == 2
     assert "--evals: must be >= 0, got -1" in capsys.readouterr().err
 
+
+def test_export_is_byte_for_byte_reproducible(tmp_path):
+    """The shipped file's SHA-256 is its identity (PROVENANCE, caches): the same weights must give the same bytes.
+    safetensors orders the metadata map at random per process, so the header holds one key."""
+    import torch
+
+    from dipclip.pretrain import export, train
+
+    cfg = train.model_config(image_size=16, width=64, layers=1)
+    model = train.build_model(0, cfg)
+    token_ids = torch.tensor([5, 320, 49406, 49407])
+    shas = {export.export_model(model, cfg, token_ids, tmp_path / f"e{i}", "test")["sha256"] for i in range(4)}
+    assert len(shas) == 1
+    raw = (tmp_path / "e0" / "model.safetensors").read_bytes()
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    assert header["__metadata__"] == {"format": "pt"}

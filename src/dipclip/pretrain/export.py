@@ -29,7 +29,9 @@ def export_model(model: torch.nn.Module, model_cfg: dict, token_ids: torch.Tenso
     tensors["token_embedding.weight"] = table[token_ids].half().contiguous()
     tensors["token_ids"] = token_ids.to(torch.int64).contiguous()
     weights = out_dir / "model.safetensors"
-    save_file(tensors, str(weights), metadata={"format": "pt", "producer": "dipclip.pretrain"})
+    # one metadata key only: safetensors writes the metadata map in a random order per process, so with two
+    # keys the same weights gave two different files (and SHA-256s) on alternate runs
+    save_file(tensors, str(weights), metadata={"format": "pt"})
     meta = {"model_cfg": model_cfg, "sha256": file_sha256(weights), "provenance": provenance}
     meta.update(extra or {})
     (out_dir / "open_clip_config.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -377,6 +377,10 @@ RECIPE_NOTES = """## How the recipe was chosen (measured 2026-12-01)
   shots of a 3.8 MB model's features teach less than its text side already knows, which caps what prompt
   tuning can gain on base here. The demo is split by drawing since v3 (closer to a real dataset; the
   held-out images, never pretrained on, are the same either way).
+- Reproducible file. safetensors writes its metadata map in a random order per process, so with two
+  metadata keys the same weights exported to one of two files (SHA-256s) on alternate runs; the export now
+  writes one key (`format`). The v3 file was re-saved that way after its run (same tensors, bit for bit;
+  SHA-256 96f9ccec... -> f1694e48...).
 - More sources looked at on npm (not used yet: each changes the held-out set, so it needs a new run):
   `fluentui-emoji@1.3.0` holds Microsoft's Fluent Emoji as SVG (3,145 concepts, each in a flat and a
   "modern" colour style, 1,595 in high contrast), named by emoji name; the package is MIT (c) Mohammad Abu
