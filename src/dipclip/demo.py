@@ -44,10 +44,10 @@ def run_demo(
     if pretrained is None and model is None:
         pretrained = "dipclip-tiny"  # the shipped model; a --model still needs its --pretrained
     backbone = load_backbone(model, pretrained, device=device)
+    train_options = {"eval_every": max(1, epochs // 10)} | ({} if lr is None else {"lr": lr})
     config = ProtocolConfig(protocol="base2new", data=data, datasets=[dataset], methods=DEMO_METHODS,
                             seeds=tuple(seeds), shots=(shots,), out=out, model=model, pretrained=pretrained,
-                            device=device, epochs=epochs, train_options={"eval_every": max(1, epochs // 10)} | ({} if lr is None else {"lr": lr}),
-                            progress=progress)
+                            device=device, epochs=epochs, train_options=train_options, progress=progress)
     runner = ProtocolRunner(config, backbone=backbone)
     summary = runner.run()
     plot_base_new_bars(summary, out / "base_new_hm.png")

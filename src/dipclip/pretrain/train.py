@@ -181,9 +181,9 @@ def encode_text(model, ids: torch.Tensor) -> torch.Tensor:
     result; with captions of ~10 tokens in a 32-token context this halves the text tower's cost.
     Padding up to the rounded length is exact for the same reason.
     """
-    # two lengths only (16 or the full context): a new tensor shape at nearly every step made the CPU
-    # allocator's memory grow by ~8 MB per step (measured: a run died of it after 1,850 steps), and even
-    # lengths rounded to a multiple of 8 grew by ~17 MB per step after step 500 on a shared machine
+    # two lengths only (16 or the full context): a new tensor shape at nearly every step grew the process by
+    # ~8 MB per step (a run died of it after 1,850 steps). Fixed shapes alone did not stop a later ~17 MB per
+    # step growth on a busy machine; that was glibc's heap, fixed by pinning its mmap threshold (recipe.py)
     length = 16 if int(ids.argmax(dim=1).max()) < 16 else ids.shape[1]
     ids = ids[:, :length]
     x = model.token_embedding(ids) + model.positional_embedding[:length]
