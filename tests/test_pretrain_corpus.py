@@ -121,6 +121,32 @@ def test_pretrain_refuses_bad_evals(capsys):
     assert "--evals: must be >= 0, got -1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("bad", ["0", "101", "nan", "x"])
+def test_pretrain_refuses_a_logit_scale_clip_would_not_have(capsys, bad):
+    with pytest.raises(SystemExit) as stop:
+        recipe.build_parser().parse_args(["--out", "o", "--logit-scale", bad])
+    assert stop.value.code == 2
+    assert f"--logit-scale: must be a number from 1 to 100 (CLIP clamps it at 100), got {bad!r}" in capsys.readouterr().err
+
+
+def test_logit_scale_starts_where_asked_and_survives_export(tmp_path):
+    """A model pretrained from another initial temperature must load back with its own learned one."""
+    import math
+
+    import torch
+
+    from dipclip.pretrain import export, train
+
+    assert "init_logit_scale" not in train.model_config(16, 64, 1)  # v3's config, unchanged
+    cfg = train.model_config(image_size=16, width=64, layers=1, logit_scale=100.0)
+    model = train.build_model(0, cfg)
+    assert math.isclose(float(model.logit_scale.detach().exp()), 100.0, rel_tol=1e-5)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(42.0))
+    export.export_model(model, cfg, torch.tensor([5, 320, 49406, 49407]), tmp_path / "e", "test")
+    assert math.isclose(float(export.load_exported(tmp_path / "e").logit_scale.exp()), 42.0, rel_tol=1e-3)
+
+
 def test_export_is_byte_for_byte_reproducible(tmp_path):
     """The shipped file's SHA-256 is its identity (PROVENANCE, caches): the same weights must give the same bytes.
     safetensors orders the metadata map at random per process, so the header holds one key."""

@@ -36,6 +36,16 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def logit_scale(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 1.0 <= value <= 100.0:
+        raise argparse.ArgumentTypeError(f"must be a number from 1 to 100 (CLIP clamps it at 100), got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dipclip pretrain",
@@ -75,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-size", type=int, default=48, help="model input size in pixels, patch 8")
     parser.add_argument("--width", type=int, default=128, help="width of both towers and of the embedding")
     parser.add_argument("--layers", type=int, default=4, help="depth of both towers")
+    parser.add_argument("--logit-scale", type=logit_scale, default=None,
+                        help="initial logit scale, learned from there and clamped at 100 as in CLIP (default: "
+                             "open_clip's 1/0.07 = 14.3). Prompt tuning's gradients scale with it: CLIP's "
+                             "recipes were tuned at CLIP's 100")
     parser.add_argument("--demo-only", action="store_true",
                         help="no training: rebuild OUT/demo, the export and PROVENANCE.md from the run finished in "
                              "--work (its model_fp32.pt and train_log.jsonl), e.g. after a change to the demo "
@@ -196,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = train.TrainConfig(steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
                             seed=args.seed, evals=args.evals,
-                            model_cfg=train.model_config(args.image_size, args.width, args.layers))
+                            model_cfg=train.model_config(args.image_size, args.width, args.layers, args.logit_scale))
     if finished is not None:
         import open_clip
 

@@ -33,13 +33,17 @@ MODEL_CFG: dict = {
 }
 
 
-def model_config(image_size: int = 48, width: int = 128, layers: int = 4) -> dict:
-    """MODEL_CFG with another image size, tower width (both towers and the embedding) or depth."""
-    return {
+def model_config(image_size: int = 48, width: int = 128, layers: int = 4, logit_scale: float | None = None) -> dict:
+    """MODEL_CFG with another image size, tower width (both towers and the embedding), depth or initial
+    logit scale (open_clip's default 1/0.07 when None; learned from there, clamped at 100 as in CLIP)."""
+    cfg = {
         "embed_dim": width,
         "vision_cfg": dict(MODEL_CFG["vision_cfg"], image_size=image_size, width=width, layers=layers),
         "text_cfg": dict(MODEL_CFG["text_cfg"], width=width, heads=max(2, width // 64), layers=layers),
     }
+    if logit_scale is not None:
+        cfg["init_logit_scale"] = math.log(logit_scale)
+    return cfg
 
 # Every prompt the library uses must appear in the captions, or its words keep random embeddings:
 # the default zero-shot template, CoOp's init "a photo of a", and the demo's templates.
