@@ -144,7 +144,7 @@ def test_logit_scale_starts_where_asked_and_survives_export(tmp_path):
     with torch.no_grad():
         model.logit_scale.fill_(math.log(42.0))
     export.export_model(model, cfg, torch.tensor([5, 320, 49406, 49407]), tmp_path / "e", "test")
-    assert math.isclose(float(export.load_exported(tmp_path / "e").logit_scale.exp()), 42.0, rel_tol=1e-3)
+    assert math.isclose(float(export.load_exported(tmp_path / "e").logit_scale.detach().exp()), 42.0, rel_tol=1e-3)
 
 
 def test_export_is_byte_for_byte_reproducible(tmp_path):
@@ -162,3 +162,45 @@ def test_export_is_byte_for_byte_reproducible(tmp_path):
     raw = (tmp_path / "e0" / "model.safetensors").read_bytes()
     header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
     assert header["__metadata__"] == {"format": "pt"}
+
+
+def write_idx(path, array):
+    import gzip
+
+    import numpy as np
+
+    array = np.asarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.tobytes())
+
+
+def test_fashion_demo_takes_only_test_images_disjoint_and_balanced(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from dipclip.pretrain.sources import FASHION_CLASSES
+
+    labels = np.repeat(np.arange(10), 12)
+    images = np.stack([np.full((28, 28), i % 256) for i in range(len(labels))])
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels)
+    counts = {"train": 5, "val": 2, "test": 4}
+    stats = corpus.write_fashion_demo(tmp_path, tmp_path / "demo", seed=1, counts=counts)
+    assert stats == {"train": 50, "val": 20, "test": 40, "classes": 10}
+    split = json.loads((tmp_path / "demo" / corpus.FASHION_DEMO_SPLIT_FILE).read_text())
+    seen = set()
+    for part, rows in split.items():
+        for rel, label, name in rows:
+            index = int(rel.split("t10k_")[1][:5])
+            assert labels[index] == label and FASHION_CLASSES[label] == name
+            assert index not in seen
+            seen.add(index)
+            pixel = Image.open(tmp_path / "demo" / "images" / rel)
+            assert pixel.size == (28, 28) and pixel.getpixel((0, 0)) == index % 256
+        assert [sum(1 for r in rows if r[1] == c) for c in range(10)] == [counts[part]] * 10
+    again = corpus.write_fashion_demo(tmp_path, tmp_path / "again", seed=1, counts=counts)
+    assert again == stats
+    assert (tmp_path / "again" / corpus.FASHION_DEMO_SPLIT_FILE).read_text() == json.dumps(split, indent=0) + "\n"
+    with pytest.raises(ValueError, match="12 test images of 't-shirt', 13 needed"):
+        corpus.write_fashion_demo(tmp_path, tmp_path / "x", seed=1, counts={"train": 13})

@@ -260,3 +260,41 @@ def save_manifest(items: list[Item], records: list[DemoRecord], path: Path) -> N
     held = {r.key: asdict(r) for r in records}
     rows = [asdict(it) | {"labels": sorted(it.labels), "heldout": held.get(it.key)} for it in items]
     path.write_text(json.dumps(rows, indent=0) + "\n")
+
+
+# Fashion-MNIST demo: drawn from the *test* set (t10k), of which pretraining takes nothing (it samples
+# ``--fashion-per-class`` images of the training set), so every image is unseen; per class, in this order.
+FASHION_DEMO_COUNTS = {"train": 64, "val": 16, "test": 100}
+FASHION_DEMO_SPLIT_FILE = "split_zhou_DemoFashion.json"
+
+
+def write_fashion_demo(fashion_dir: Path, out_dir: Path, seed: int,
+                       counts: dict[str, int] = FASHION_DEMO_COUNTS) -> dict:
+    """A CoOp-format dataset of Fashion-MNIST test images at their native 28 px greyscale.
+
+    Labels keep Fashion-MNIST's own order (t-shirt ... ankle boot), so base = its first five classes.
+    Unlike the drawing demo, whose class names were trained on as caption categories (zero-shot is already
+    as good as 16 shots make it), this is a photo domain the model saw only a few images of per class:
+    the shots carry what the text side lacks, as on a real downstream dataset.
+    """
+    images = sources.read_idx(fashion_dir / "t10k-images-idx3-ubyte.gz")
+    labels = sources.read_idx(fashion_dir / "t10k-labels-idx1-ubyte.gz")
+    rng = random.Random(seed)
+    split: dict[str, list] = {name: [] for name in counts}
+    for label, classname in enumerate(sources.FASHION_CLASSES):
+        indices = [i for i in range(len(labels)) if labels[i] == label]
+        if len(indices) < sum(counts.values()):
+            raise ValueError(f"{fashion_dir}: {len(indices)} test images of {classname!r}, "
+                             f"{sum(counts.values())} needed")
+        chosen = rng.sample(indices, sum(counts.values()))
+        start = 0
+        for part, n in counts.items():
+            for index in sorted(chosen[start:start + n]):
+                rel = f"{classname.replace(' ', '_')}/t10k_{index:05d}.png"
+                target = out_dir / "images" / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(images[index]).save(target, optimize=True)
+                split[part].append([rel, label, classname])
+            start += n
+    (out_dir / FASHION_DEMO_SPLIT_FILE).write_text(json.dumps(split, indent=0) + "\n")
+    return {name: len(rows) for name, rows in split.items()} | {"classes": len(sources.FASHION_CLASSES)}
