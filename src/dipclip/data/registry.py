@@ -120,6 +120,8 @@ CUSTOM: dict[str, DatasetInfo] = {
 EMBEDDED_DATASETS: dict[str, DatasetInfo] = {
     "demo": DatasetInfo(key="demo", title="Demo", folder="demo", image_dir="images", layout="json",
                         split_file="split_zhou_Demo.json"),
+    "demo_fashion": DatasetInfo(key="demo_fashion", title="DemoFashion", folder="demo_fashion", image_dir="images",
+                                layout="json", split_file="split_zhou_DemoFashion.json"),
 }
 
 # The 15 CoOp-layout keys, in the order of the reference table, then the custom ones.

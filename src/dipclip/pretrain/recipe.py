@@ -36,6 +36,9 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+FASHION_DEMO = "demo_fashion"
+
+
 def logit_scale(text: str) -> float:
     try:
         value = float(text)
@@ -259,13 +262,21 @@ def main(argv: list[str] | None = None) -> int:
                                                                  for c in classnames],
                                     train.eval_images(images[[position[r.key] for r in test_rows]], args.image_size))
     report = evaluate.zero_shot_report(shipped, tokenizer, demo_dir, train.ZERO_SHOT_TEMPLATES, args.image_size)
-    log({"roundtrip": check, "demo_zero_shot": report})
+    fashion_counts = fashion_report = None
+    if fashion_dir is not None:
+        fashion_demo = args.out / FASHION_DEMO
+        if (fashion_demo / "images").is_dir():
+            shutil.rmtree(fashion_demo / "images")
+        fashion_counts = corpus.write_fashion_demo(fashion_dir, fashion_demo, args.seed)
+        fashion_report = evaluate.zero_shot_report(shipped, tokenizer, fashion_demo, train.ZERO_SHOT_TEMPLATES,
+                                                   args.image_size)
+    log({"roundtrip": check, "demo_zero_shot": report, "fashion_demo_zero_shot": fashion_report})
     meta = export.export_model(model, cfg.model_cfg, token_ids, model_dir, provenance, {
         "token_count": int(len(token_ids)), "steps": cfg.steps, "seed": args.seed,
         "demo_zero_shot_test": {t: report[t] for t in train.ZERO_SHOT_TEMPLATES}})
     total_s = finished.get("total_s", train_s) if finished is not None else time.time() - started
     write_provenance(model_dir / "PROVENANCE.md", args, argv, cfg, meta, token_ids, sources_count, records,
-                     demo_counts, report, check, final, train_s, total_s)
+                     demo_counts, report, check, final, train_s, total_s, fashion_counts, fashion_report)
     log({"done": True, "sha256": meta["sha256"], "total_s": round(time.time() - started, 1),
          "model_bytes": (model_dir / "model.safetensors").stat().st_size})
     return 0
@@ -404,8 +415,27 @@ RECIPE_NOTES = """## How the recipe was chosen (measured 2026-12-01)
 """
 
 
+def fashion_section(counts: dict | None, report: dict | None, per_class: int) -> str:
+    if counts is None or report is None:
+        return ""
+    from . import corpus, train
+
+    zs = "\n".join(f"| `{t}` | {report[t]['all']:.1f} | {report[t]['base']:.1f} | {report[t]['new']:.1f} |"
+                   for t in train.ZERO_SHOT_TEMPLATES)
+    return f"""## The Fashion-MNIST demo (`../{FASHION_DEMO}`, `--dataset {FASHION_DEMO}`)
+Fashion-MNIST's test set, of which pretraining used nothing (it drew {per_class} images per class from the
+training set): per class {corpus.FASHION_DEMO_COUNTS['train']} train, {corpus.FASHION_DEMO_COUNTS['val']} val,
+{corpus.FASHION_DEMO_COUNTS['test']} test images, 28 px greyscale as published, labels in Fashion-MNIST's order
+(base = t-shirt, trousers, pullover, dress, coat). Zero-shot top-1, {report['images']} test images:
+
+| template | all | base | new |
+|---|---|---|---|
+{zs}
+"""
+
+
 def write_provenance(path: Path, args, argv, cfg, meta, token_ids, sources_count, records, demo_counts,
-                     report, check, final, train_s, total_s) -> None:
+                     report, check, final, train_s, total_s, fashion_counts=None, fashion_report=None) -> None:
     import numpy as np
     import open_clip
     import torch
@@ -484,6 +514,7 @@ colour and line versions, clip-art colour/black-and-white files and series) neve
 |---|---|---|---|
 {zs}
 
+{fashion_section(fashion_counts, fashion_report, args.fashion_per_class)}
 {RECIPE_NOTES}
 Held-out zero-shot during training (fp32, all held-out images, 23 classes, "a photo of a {{}}."):
 {curve}
