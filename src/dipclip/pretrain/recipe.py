@@ -412,6 +412,23 @@ RECIPE_NOTES = """## How the recipe was chosen (measured 2026-12-01)
   Mattar and the artwork comes from Microsoft's MIT-licensed fluentui-emoji. One more independent artwork
   per concept (its styles are twins of one drawing). `@svgmoji/blob@3.2.0` (MIT) holds no images (7.7 kB of
   code), so Blobmoji is not available from the registry this way.
+
+## What was measured for v4 (2026-12-02)
+v4 = the v3 recipe with `--fashion-per-class 10` (was 100), run with `--threads 1` beside a second run
+(11,654 steps in 70 min; one thread each gave ~180 img/s per run against ~200 for one 2-thread run). Why:
+`benchmarks/headroom.py` showed that on v3 nothing can beat zero-shot on the base classes, neither a 16-shot
+probe nor a prompt, because the demo's class names were caption categories in pretraining (the text side
+already holds the class centres), and the same for Fashion-MNIST at 100 pretraining images per class.
+- Fashion-MNIST exposure, measured on `demo_fashion` (its test images), base half, 16 shots, 3 seeds:
+  100 per class (v3): zero-shot 84.7, probe 84.7 (no headroom); 10 per class (v4): zero-shot 40.6 (fp16;
+  40.4 fp32), probe 53.1 / 57.9 / 59.6 after 50 / 200 / 1000 Adam steps (+19 points of headroom). The
+  drawing demo is unchanged by it (v4: 42.7 / 56.7 / 42.5 against v3's 41.3 / 57.6 / 41.4).
+- Reach: with that headroom CoOp's recipe (SGD 0.002, 200 epochs) moves its context by 0.08 (a token's
+  norm is 0.80) and ends at 40.5 on base. The gradient on the context scales with the logit scale: v4
+  learned 20.5, CLIP sits at 100. Starting the temperature at 100 (`--logit-scale 100`, a second 70-min run
+  beside v4, same data) costs the model most of its quality: held-out drawing zero-shot 24.5 (against 42.7),
+  `demo_fashion` base 22.4 / new 36.8; CoOp's recipe then moves the context twice as far (0.16) and gains
+  +4.9 on base (20.8 -> 25.7 fp32) with a probe at 50.8. Not shipped; the logit scale ended at 67.6.
 """
 
 
