@@ -30,19 +30,10 @@ from pathlib import Path
 PROBE_STEPS = (50, 200, 1000)
 
 
-def encode(backbone, items) -> tuple:
-    import torch
-
-    from dipclip.data.images import load_rgb
-    from dipclip.data.transforms import test_transform
-
-    transform = test_transform(backbone.image_size, backbone.mean, backbone.std)
-    feats = []
-    with torch.no_grad():
-        for start in range(0, len(items), 128):
-            batch = torch.stack([transform(load_rgb(str(item.path))) for item in items[start:start + 128]])
-            feats.append(backbone.encode_images(batch).float())
-    return torch.cat(feats), torch.tensor([item.label for item in items])
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return int(text)
 
 
 def probe(features, labels, init, scale: float, test_features, test_labels) -> list[float]:
@@ -90,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="open_clip config JSON, with --pretrained FILE")
     parser.add_argument("--pretrained", default="dipclip-tiny")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--shots", type=int, default=16)
-    parser.add_argument("--coop-epochs", type=int, nargs="*", default=[20, 200],
+    parser.add_argument("--shots", type=positive_int, default=16)
+    parser.add_argument("--coop-epochs", type=positive_int, nargs="*", default=[20, 200],
                         help="CoOp runs at these epoch counts (none: probe only)")
     parser.add_argument("--out", type=Path, default=None, help="write headroom.json here")
     args = parser.parse_args(argv)
@@ -100,13 +91,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from dipclip.api import load_data
     from dipclip.backbones.loading import load_backbone
+    from dipclip.engine.evaluate import encode_items
+    from dipclip.errors import DipclipError
     from dipclip.methods.zeroshot import zeroshot_text_features
 
     torch.manual_seed(0)
-    backbone = load_backbone(args.model, args.pretrained)
-    base = load_data(args.data, args.dataset, subsample="base")
+    try:
+        backbone = load_backbone(args.model, args.pretrained)
+        base = load_data(args.data, args.dataset, subsample="base")
+    except DipclipError as error:
+        sys.exit(f"headroom: error: {error}")
     names = base.classnames
-    test_x, test_y = encode(backbone, base.test)
+    test_x, test_y, _ = encode_items(backbone, base.test)
     init = zeroshot_text_features(backbone, names, [base.template]).float()
     scale = float(backbone.logit_scale)
     zero_shot = float(((test_x @ init.T).argmax(1) == test_y).float().mean() * 100)
@@ -124,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         for seed in args.seeds:
             shots = load_data(args.data, args.dataset, shots=args.shots, seed=seed, subsample="base")
-            x, y = encode(backbone, shots.train)
+            x, y, _ = encode_items(backbone, shots.train)
             report["probe"][seed] = [round(v, 2) for v in probe(x, y, init, scale, test_x, test_y)]
             for epochs in args.coop_epochs:
                 acc, moved = run_coop(common, seed, args.shots, epochs, Path(scratch) / f"coop-{seed}-{epochs}",

@@ -112,7 +112,8 @@ def test_every_demo_prompt_uses_trained_tokens_and_fits(backbone):
         kept = set(handle.get_tensor("token_ids").tolist())
     tokenizer = backbone.tokenizer
     context = backbone.text.context_length
-    for classname in _classnames(_read_split()):
+    fashion = json.loads((FASHION_DIR / "split_zhou_DemoFashion.json").read_text())
+    for classname in _classnames(_read_split()) + _classnames(fashion):
         for template in (TEMPLATE, "clip art of a {}", "a drawing of a {}."):
             ids = tokenizer.encode(template.format(classname))
             assert set(ids) <= kept, (template, classname)

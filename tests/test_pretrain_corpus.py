@@ -204,3 +204,15 @@ def test_fashion_demo_takes_only_test_images_disjoint_and_balanced(tmp_path):
     assert (tmp_path / "again" / corpus.FASHION_DEMO_SPLIT_FILE).read_text() == json.dumps(split, indent=0) + "\n"
     with pytest.raises(ValueError, match="12 test images of 't-shirt', 13 needed"):
         corpus.write_fashion_demo(tmp_path, tmp_path / "x", seed=1, counts={"train": 13})
+
+
+def test_pretrain_refuses_before_training_when_fashion_test_files_are_missing(tmp_path):
+    """demo_fashion is written after training; a missing t10k file must stop the recipe at the start."""
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(b"")
+    args = recipe.build_parser().parse_args(["--out", str(tmp_path / "o"), "--fashion-dir", str(tmp_path),
+                                             "--emoji-dir", str(tmp_path / "npm")])
+    problems = recipe.check_sources(args)
+    assert any(p.startswith("Fashion-MNIST's test files t10k-images-idx3-ubyte.gz not found in ") for p in problems)
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(b"")
+    assert not any("Fashion-MNIST" in p for p in recipe.check_sources(args))

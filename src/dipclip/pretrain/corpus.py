@@ -282,7 +282,7 @@ def write_fashion_demo(fashion_dir: Path, out_dir: Path, seed: int,
     rng = random.Random(seed)
     split: dict[str, list] = {name: [] for name in counts}
     for label, classname in enumerate(sources.FASHION_CLASSES):
-        indices = [i for i in range(len(labels)) if labels[i] == label]
+        indices = np.flatnonzero(labels == label).tolist()
         if len(indices) < sum(counts.values()):
             raise ValueError(f"{fashion_dir}: {len(indices)} test images of {classname!r}, "
                              f"{sum(counts.values())} needed")

@@ -37,6 +37,7 @@ def non_negative_int(text: str) -> int:
 
 
 FASHION_DEMO = "demo_fashion"
+FASHION_TEST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 
 
 def logit_scale(text: str) -> float:
@@ -121,6 +122,12 @@ def check_sources(args) -> list[str]:
             continue
         if not (args.emoji_dir / name / "package").is_dir():
             problems.append(f"{name} not found in {args.emoji_dir}: pass --fetch-emoji (needs npm)")
+    if (args.fashion_dir / "train-images-idx3-ubyte.gz").is_file():
+        # demo_fashion is drawn from the test files: say so now, not after an hour of training
+        missing = [n for n in FASHION_TEST_FILES if not (args.fashion_dir / n).is_file()]
+        if missing:
+            problems.append(f"Fashion-MNIST's test files {', '.join(missing)} not found in {args.fashion_dir} "
+                            "(demo_fashion is drawn from them): apt-get install --reinstall dataset-fashion-mnist")
     if not args.no_openmoji and shutil.which("rsvg-convert") is None:
         problems.append("rsvg-convert not found (it draws the OpenMoji SVGs): apt-get install librsvg2-bin, "
                         "or pass --no-openmoji")
@@ -263,8 +270,12 @@ def main(argv: list[str] | None = None) -> int:
                                     train.eval_images(images[[position[r.key] for r in test_rows]], args.image_size))
     report = evaluate.zero_shot_report(shipped, tokenizer, demo_dir, train.ZERO_SHOT_TEMPLATES, args.image_size)
     fashion_counts = fashion_report = None
+    fashion_demo = args.out / FASHION_DEMO
+    if fashion_dir is None and fashion_demo.is_dir():
+        # never leave a demo_fashion beside a model that was not built or measured with it
+        shutil.rmtree(fashion_demo)
+        print(f"dipclip pretrain: removed {fashion_demo}: no Fashion-MNIST at {args.fashion_dir}", file=sys.stderr)
     if fashion_dir is not None:
-        fashion_demo = args.out / FASHION_DEMO
         if (fashion_demo / "images").is_dir():
             shutil.rmtree(fashion_demo / "images")
         fashion_counts = corpus.write_fashion_demo(fashion_dir, fashion_demo, args.seed)
