@@ -110,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--views", default="4")
     parser.add_argument("--lr", default=None, help="one learning rate for every configuration (default: each "
                                                    "method's recipe)")
+    parser.add_argument("--crop-scale", default=None,
+                        help="smallest share of the image a training crop keeps (default: the recipes' 0.08; the "
+                             "demo uses 0.5 on demo_fashion)")
     parser.add_argument("--dataset", default="demo")
     parser.add_argument("--data", default=None, help="dataset root (default: the shipped demo)")
     parser.add_argument("--pretrained", default="dipclip-tiny")
@@ -141,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                                 str(args.eval_every), "--views", args.views]
             if args.lr:
                 command += ["--lr", args.lr]
+            if args.crop_scale:
+                command += ["--crop-scale", args.crop_scale]
             m = run_once(command, args.out / name / f"seed{seed}", run=not args.table_only)
             if m is None:
                 continue

@@ -175,3 +175,27 @@ def test_fashion_demo_is_held_out_balanced_and_above_floor(backbone):
         assert measured[key] >= floor, (key, measured)
     provenance = (MODEL_DIR / "PROVENANCE.md").read_text()
     assert f"| `{TEMPLATE}` | {measured['all']:.1f} | {measured['base']:.1f} | {measured['new']:.1f} |" in provenance
+
+
+def test_shipped_temperature_is_clips_and_the_learned_one_is_recorded():
+    from safetensors.torch import load_file
+
+    meta = json.loads((MODEL_DIR / "open_clip_config.json").read_text())
+    shipped = float(load_file(str(MODEL_DIR / "model.safetensors"))["logit_scale"].float().exp())
+    assert math.isclose(shipped, 100.0, rel_tol=1e-3)
+    assert 1.0 <= meta["learned_logit_scale"] < 100.0
+    assert f"in place of the learned {meta['learned_logit_scale']}" in (MODEL_DIR / "PROVENANCE.md").read_text()
+
+
+def test_demo_runs_on_demo_fashion_with_its_documented_crops(tmp_path, capsys):
+    """`dipclip demo` defaults to demo_fashion, trains on crops of at least half of each image and says so."""
+    from dipclip.cli import main
+
+    assert main(["demo", "--quick", "--quiet", "--out", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "Base-to-new on demo_fashion" in out and "training crops of 0.5-1 of the image (recipes: 0.08-1)" in out
+    result = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    assert result["dataset"] == "demo_fashion" and result["crop_scale"] == 0.5
+    runs = sorted((tmp_path / "demo").rglob("metrics.json"))
+    trained = [json.loads(p.read_text()) for p in runs if "coop" in str(p) or "dip" in str(p)]
+    assert trained and all(m["config"]["train"]["crop_scale"] == 0.5 for m in trained)

@@ -230,3 +230,35 @@ def test_sharded_encoding_merges_to_the_single_process_bits(tiny_backbone, small
     assert [len(rows) for rows, _ in parts] == [64 + 22, 64]
     merged = features_module.merge_parts(parts, whole.labels, whole.features.shape[1])
     assert torch.equal(merged.features, whole.features) and bool(merged.valid.all())
+
+
+def test_crop_scale_reaches_the_views_the_store_key_and_the_run_settings(tmp_path, tiny_config_path, image_tree,
+                                                                         capsys):
+    """A larger crop floor gives other training views, another store entry, and a recorded setting that a
+    finished run folder is checked against."""
+    from dipclip.data.transforms import RECIPE_CROP_SCALE
+
+    items = tree_items(image_tree, "train")[:4]
+    recipe = make_views(api.load_backbone(str(tiny_config_path), "none"), items, seed=3, view=1)
+    assert f"scale=({RECIPE_CROP_SCALE}, 1.0)" in repr(recipe.transform)
+    store = FeatureStore(tmp_path / "store")
+    backbone = api.load_backbone(str(tiny_config_path), "none")
+    wide = store.view_features(backbone, items, seed=3, view=1, progress=False)
+    half = store.view_features(backbone, items, seed=3, view=1, progress=False, crop_scale=0.5)
+    assert store.misses == 2 and not torch.equal(wide.features, half.features)
+    assert torch.equal(half.features, store.view_features(backbone, items, seed=3, view=1, progress=False,
+                                                          crop_scale=0.5).features)
+
+    base = ["train", "--method", "coop", "--model", str(tiny_config_path), "--pretrained", "none", "--data",
+            str(image_tree), "--dataset", "imagefolder", "--shots", "2", "--epochs", "1", "--batch-size", "3", "--quiet"]
+    assert main([*base, "--crop-scale", "0.5", "--out", str(tmp_path / "run")]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["config"]["train"]["crop_scale"] == 0.5
+    capsys.readouterr()
+    for bad in ("0", "1.5", "half"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*base, "--crop-scale", bad])
+        assert exit_info.value.code == 2 and "--crop-scale" in capsys.readouterr().err
+    with pytest.raises(DipclipError, match=r"--crop-scale must be in \(0, 1\]"):
+        api.train("coop", model=str(tiny_config_path), pretrained="none", data=str(image_tree), crop_scale=0.0,
+                  out=tmp_path / "bad", **COMMON)

@@ -147,6 +147,36 @@ def test_logit_scale_starts_where_asked_and_survives_export(tmp_path):
     assert math.isclose(float(export.load_exported(tmp_path / "e").logit_scale.detach().exp()), 42.0, rel_tol=1e-3)
 
 
+def test_shipped_logit_scale_replaces_only_the_temperature(tmp_path):
+    """The recipe ships CLIP's logit scale (100) in place of the learned one: every other tensor is the bytes of a
+    plain export, and zero-shot predictions (argmax over the logits) cannot change."""
+    import math
+
+    import torch
+    from safetensors.torch import load_file
+
+    from dipclip.pretrain import export, recipe, train
+
+    cfg = train.model_config(image_size=16, width=64, layers=1)
+    model = train.build_model(0, cfg)
+    token_ids = torch.tensor([5, 320, 49406, 49407])
+    export.export_model(model, cfg, token_ids, tmp_path / "learned", "test")
+    export.export_model(model, cfg, token_ids, tmp_path / "clip", "test", logit_scale=100.0)
+    learned = load_file(str(tmp_path / "learned" / "model.safetensors"))
+    shipped = load_file(str(tmp_path / "clip" / "model.safetensors"))
+    assert [k for k in learned if not torch.equal(learned[k], shipped[k])] == ["logit_scale"]
+    assert math.isclose(float(shipped["logit_scale"].float().exp()), 100.0, rel_tol=1e-3)
+    a, b = export.load_exported(tmp_path / "learned"), export.load_exported(tmp_path / "clip")
+    images = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    ids = torch.zeros(2, cfg["text_cfg"]["context_length"], dtype=torch.long)
+    ids[:, 0], ids[:, 1], ids[:, 2] = 49406, torch.tensor([5, 320]), 49407
+    with torch.no_grad():
+        (img_a, txt_a, scale_a), (img_b, txt_b, scale_b) = a(images, ids), b(images, ids)
+    assert torch.equal(img_a, img_b) and torch.equal(txt_a, txt_b) and float(scale_b) > 4 * float(scale_a)
+    assert torch.equal((scale_a * img_a @ txt_a.T).argmax(1), (scale_b * img_b @ txt_b.T).argmax(1))
+    assert recipe.build_parser().parse_args(["--out", "o"]).shipped_logit_scale == 100.0
+
+
 def test_export_is_byte_for_byte_reproducible(tmp_path):
     """The shipped file's SHA-256 is its identity (PROVENANCE, caches): the same weights must give the same bytes.
     safetensors orders the metadata map at random per process, so the header holds one key."""

@@ -217,7 +217,7 @@ def plan_training(method: str, *, recipe: str = "base2new", dataset: str | None 
 PROMPT_ARGUMENTS = ("n_ctx", "class_position", "class_specific", "rank", "dip_init", "dip_dropout", "init_text",
                     "lambda_do", "lambda_pp", "id_k", "vision_dip", "prompt_depth", "prograd_lambda", "gpa_mean",
                     "gpa_std")
-TRAIN_ARGUMENTS = ("workers", "density_k", "skip_bad_images", "views", "feature_cache", "eval_every")
+TRAIN_ARGUMENTS = ("workers", "density_k", "skip_bad_images", "views", "feature_cache", "eval_every", "crop_scale")
 
 
 def _plan_from_train_arguments(method: str, *, recipe: str, dataset: str | None, shots: int | None, seed: int,
@@ -226,6 +226,8 @@ def _plan_from_train_arguments(method: str, *, recipe: str, dataset: str | None,
                                random_init: bool, **rest) -> TrainingPlan:
     prompt_overrides = {k: rest.pop(k) for k in PROMPT_ARGUMENTS if k in rest}
     train_options = {k: rest.pop(k) for k in TRAIN_ARGUMENTS if k in rest}
+    if train_options.get("crop_scale", 0) is None:  # None: the recipe's
+        del train_options["crop_scale"]
     if rest:
         raise TypeError(f"unexpected training argument(s): {', '.join(sorted(rest))}")
     return plan_training(
@@ -298,6 +300,7 @@ def train(
     splits: DatasetSplits | None = None,
     views: str | int = "fresh",
     feature_cache: bool = True,
+    crop_scale: float | None = None,
 ) -> dict:
     """Train a prompt, save its adapter under ``out/adapter`` and evaluate it.
 
@@ -305,6 +308,8 @@ def train(
     (``results["base"]`` and ``results["new"]``); otherwise ``results["test"]``. ``views``: ``"fresh"``
     (a new augmentation of every image every epoch, protocol-exact) or N cached views cycled over the
     epochs; ``feature_cache=False`` keeps no image features on disk (the numbers are the same).
+    ``crop_scale``: the smallest share of the image area a random training crop keeps (default: the recipes'
+    0.08, Dassl's ``INPUT.RRCROP_SCALE``); recorded in ``config.train``.
 
     ``recipe`` (``base2new``, ``fewshot``, ``xd``) picks the method's published recipe for that protocol
     (:mod:`dipclip.recipes`); every argument that is not ``None`` overrides one of its values, and
@@ -320,7 +325,7 @@ def train(
         vision_dip=vision_dip, prompt_depth=prompt_depth, prograd_lambda=prograd_lambda, gpa_mean=gpa_mean,
         gpa_std=gpa_std, random_init=random_init, workers=workers,
         density_k=density_k, skip_bad_images=skip_bad_images, views=views, feature_cache=feature_cache,
-        eval_every=eval_every)
+        eval_every=eval_every, crop_scale=crop_scale)
     prompt_method, prompt_cfg, optim_cfg, train_cfg = plan.method, plan.prompt, plan.optim, plan.train
     data = resolve_data_root(data, dataset)
     if splits is None:

@@ -14,11 +14,17 @@ from pathlib import Path
 
 from .analysis import analyze_run
 from .backbones.loading import load_backbone
+from .data.transforms import RECIPE_CROP_SCALE
 from .engine.reproducibility import atomic_write_bytes, atomic_write_json
 from .plots import plot_base_new_bars
 from .protocols import ProtocolConfig, ProtocolRunner, harmonic_mean
 
 DEMO_METHODS = ("zeroshot", "coop", "dip")
+DEMO_DATASET = "demo_fashion"
+# Training crops of the shipped datasets when run on their shipped images. demo_fashion's images are 28 px: the
+# recipes' crops down to 8% of the area keep about 8 x 8 pixels, on which the demo model is at chance, and CoOp
+# trained on them ends below zero-shot on base (39 against 41, measured: docs/dip-tuning.md).
+SHIPPED_CROP_SCALE = {"demo_fashion": 0.5}
 
 
 def run_demo(
@@ -27,16 +33,20 @@ def run_demo(
     model: str | None = None,
     pretrained: str | None = None,
     data: str | None = None,
-    dataset: str = "demo",
+    dataset: str = DEMO_DATASET,
     seeds: Sequence[int] = (1, 2, 3),
     shots: int = 16,
-    epochs: int = 20,
+    epochs: int = 200,
     lr: float | None = None,
+    crop_scale: float | None = None,
     quick: bool = False,
     device: str = "auto",
     progress: bool = True,
 ) -> dict:
-    """Run the sweep, print the table, write ``demo.md``/``demo.json`` and the plots; return the table."""
+    """Run the sweep, print the table, write ``demo.md``/``demo.json`` and the plots; return the table.
+
+    ``crop_scale`` None: :data:`SHIPPED_CROP_SCALE` for a shipped dataset on its shipped images, else the recipes'.
+    """
     began = time.perf_counter()
     if quick:
         seeds, epochs, shots = tuple(seeds)[:1], min(epochs, 2), min(shots, 4)
@@ -44,7 +54,10 @@ def run_demo(
     if pretrained is None and model is None:
         pretrained = "dipclip-tiny"  # the shipped model; a --model still needs its --pretrained
     backbone = load_backbone(model, pretrained, device=device)
+    if crop_scale is None and data is None:
+        crop_scale = SHIPPED_CROP_SCALE.get(dataset)
     train_options = {"eval_every": max(1, epochs // 10)} | ({} if lr is None else {"lr": lr})
+    train_options |= {} if crop_scale is None else {"crop_scale": crop_scale}
     config = ProtocolConfig(protocol="base2new", data=data, datasets=[dataset], methods=DEMO_METHODS,
                             seeds=tuple(seeds), shots=(shots,), out=out, model=model, pretrained=pretrained,
                             device=device, epochs=epochs, train_options=train_options, progress=progress)
@@ -71,8 +84,9 @@ def run_demo(
             "hm": harmonic_mean(entry["base"]["mean"], entry["new"]["mean"]),
             "id_prompt": sum(densities) / len(densities) if densities else None,
         })
-    table = _format_table(rows, dataset, backbone.name, len(seeds), shots, epochs, lr)
+    table = _format_table(rows, dataset, backbone.name, len(seeds), shots, epochs, lr, crop_scale)
     result = {"rows": rows, "seeds": list(seeds), "shots": shots, "epochs": epochs, "lr": lr, "dataset": dataset,
+              "crop_scale": RECIPE_CROP_SCALE if crop_scale is None else crop_scale,
               "backbone": backbone.describe(), "plots": plots, "table": table,
               "seconds": round(time.perf_counter() - began, 1)}
     atomic_write_json(out / "demo.json", result)
@@ -85,15 +99,16 @@ def run_demo(
 
 
 def _format_table(rows: list[dict], dataset: str, backbone: str, n_seeds: int, shots: int, epochs: int,
-                  lr: float | None = None) -> str:
+                  lr: float | None = None, crop_scale: float | None = None) -> str:
     def cell(value: dict) -> str:
         if value["mean"] is None:
             return "-"
         return f"{value['mean']:.2f}" + (f" ± {value['std']:.2f}" if value.get("n", 0) > 1 else "")
 
     rate = "the recipes' learning rate" if lr is None else f"lr {lr:g}"
+    crops = "" if crop_scale is None else f", training crops of {crop_scale:g}-1 of the image (recipes: 0.08-1)"
     lines = [
-        f"Base-to-new on {dataset} with {backbone}: {shots} shots, {epochs} epochs, {rate}, {n_seeds} seed(s)",
+        f"Base-to-new on {dataset} with {backbone}: {shots} shots, {epochs} epochs, {rate}{crops}, {n_seeds} seed(s)",
         "",
         "| method | trainable params | base | new | HM | ID_1(P) |",
         "|---|---|---|---|---|---|",

@@ -40,6 +40,16 @@ positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
 
 
+def crop_share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a share of the image area in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
 def probability(text: str) -> float:
     try:
         value = float(text)

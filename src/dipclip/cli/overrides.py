@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from .common import non_negative_float, non_negative_int, positive_float, positive_int, probability, views_arg
+from .common import (
+    crop_share,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+    views_arg,
+)
 
 RECIPE_CHOICES = ("base2new", "fewshot", "xd")
 
@@ -29,6 +37,9 @@ def add_override_args(parser: argparse.ArgumentParser, *, protocol_command: bool
     run.add_argument("--views", type=views_arg, default="fresh", metavar="fresh|N",
                      help="training augmentations: 'fresh' (default; a new random view of every image every "
                           "epoch, protocol-exact) or N views encoded once and cycled over the epochs (faster)")
+    run.add_argument("--crop-scale", type=crop_share, default=None, metavar="S",
+                     help="smallest share of the image area a random training crop keeps (default: the recipes' "
+                          "0.08, Dassl's INPUT.RRCROP_SCALE); larger for tiny images, where 8%% is a few pixels")
     run.add_argument("--eval-every", type=non_negative_int, default=0, metavar="E",
                      help="also evaluate (base and new with --subsample base) every E epochs, into the history "
                           "(for `dipclip analyze`; default 0: only at the end)")
@@ -74,8 +85,8 @@ def override_kwargs(args: argparse.Namespace) -> dict:
         options["prograd_lambda"] = args.prograd_lambda
     return dict(
         epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, views=args.views,
-        eval_every=args.eval_every, feature_cache=args.feature_cache, n_ctx=args.n_ctx, init_text=args.init_text,
-        random_init=args.random_init, class_position=args.class_position, class_specific=args.class_specific,
+        eval_every=args.eval_every, feature_cache=args.feature_cache, crop_scale=args.crop_scale, n_ctx=args.n_ctx,
+        init_text=args.init_text, random_init=args.random_init, class_position=args.class_position, class_specific=args.class_specific,
         prompt=args.prompt, vision_dip=args.vision_dip, rank=args.rank, dip_init=args.dip_init,
         dip_dropout=args.dip_dropout, prompt_depth=args.prompt_depth, density_k=args.density_k,
         lambda_do=args.lambda_do, lambda_pp=args.lambda_pp, id_k=args.id_k, method_options=options or None,

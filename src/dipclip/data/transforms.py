@@ -18,10 +18,14 @@ def test_transform(image_size: int, mean=CLIP_MEAN, std=CLIP_STD) -> T.Compose:
     ])
 
 
-def train_transform(image_size: int, mean=CLIP_MEAN, std=CLIP_STD) -> T.Compose:
-    """Random resized crop (scale 0.08-1) and horizontal flip, as CoOp's recipes."""
+RECIPE_CROP_SCALE = 0.08  # Dassl's INPUT.RRCROP_SCALE (0.08, 1.0), which every CoOp-family recipe keeps
+
+
+def train_transform(image_size: int, mean=CLIP_MEAN, std=CLIP_STD, crop_scale: float = RECIPE_CROP_SCALE
+                    ) -> T.Compose:
+    """Random resized crop (a share ``crop_scale``-1 of the area) and horizontal flip, as CoOp's recipes."""
     return T.Compose([
-        T.RandomResizedCrop(image_size, scale=(0.08, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomResizedCrop(image_size, scale=(crop_scale, 1.0), interpolation=T.InterpolationMode.BICUBIC),
         T.RandomHorizontalFlip(),
         T.ToTensor(),
         T.Normalize(mean, std),

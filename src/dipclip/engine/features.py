@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from ..backbones.loading import Backbone
 from ..data.images import BadImage, ImageDataset, collate_skipping_bad
-from ..data.transforms import test_transform, train_transform
+from ..data.transforms import RECIPE_CROP_SCALE, test_transform, train_transform
 from ..data.types import Datum
 from ..errors import DipclipError, warn
 from ..paths import cache_root, remove_stale_temps
@@ -110,12 +110,13 @@ class SeededViews(Dataset):
 
 
 def make_views(backbone: Backbone, items: Sequence[Datum], seed: int | None, view: int = 0,
-               skip_bad_images: bool = False) -> SeededViews:
-    """Test-time images (``seed=None``) or training view ``view`` of ``items``."""
+               skip_bad_images: bool = False, crop_scale: float = RECIPE_CROP_SCALE) -> SeededViews:
+    """Test-time images (``seed=None``) or training view ``view`` of ``items`` (crops of at least
+    ``crop_scale`` of the area)."""
     if seed is None:
         transform = test_transform(backbone.image_size, backbone.mean, backbone.std)
     else:
-        transform = train_transform(backbone.image_size, backbone.mean, backbone.std)
+        transform = train_transform(backbone.image_size, backbone.mean, backbone.std, crop_scale)
     return SeededViews(items, transform, seed, view, skip_bad_images)
 
 
@@ -291,9 +292,11 @@ class FeatureStore:
         return self._get(backbone, dataset, None, workers, desc, progress)
 
     def view_features(self, backbone: Backbone, items: Sequence[Datum], seed: int, view: int, workers: int = 0,
-                      skip_bad_images: bool = False, desc: str = "encode view", progress: bool = True) -> Encoded:
-        """Features of augmentation view ``view`` of ``items`` for run seed ``seed``."""
-        dataset = make_views(backbone, items, seed, view, skip_bad_images)
+                      skip_bad_images: bool = False, desc: str = "encode view", progress: bool = True,
+                      crop_scale: float = RECIPE_CROP_SCALE) -> Encoded:
+        """Features of augmentation view ``view`` of ``items`` for run seed ``seed`` (the entry's key holds the
+        transform's repr, crop scale included)."""
+        dataset = make_views(backbone, items, seed, view, skip_bad_images, crop_scale)
         return self._get(backbone, dataset, {"seed": seed, "view": view}, workers, desc, progress)
 
     def _get(self, backbone: Backbone, dataset: SeededViews, view: dict | None, workers: int, desc: str,
@@ -413,21 +416,22 @@ class FeatureBatches:
 
     def __init__(self, backbone: Backbone, items: Sequence[Datum], batch_size: int, seed: int,
                  views: str | int = FRESH, store: FeatureStore | None = None, workers: int = 0,
-                 skip_bad_images: bool = False, progress: bool = True):
+                 skip_bad_images: bool = False, progress: bool = True, crop_scale: float = RECIPE_CROP_SCALE):
         self.backbone, self.items, self.batch_size, self.seed = backbone, list(items), batch_size, seed
-        self.views = parse_views(views)
+        self.views, self.crop_scale = parse_views(views), crop_scale
         self.store = store if store is not None else FeatureStore.default()
         self.workers, self.skip_bad_images, self.progress = workers, skip_bad_images, progress
         self._memo: dict[int, Encoded] = {}  # cycled views stay in memory for the run
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "views": self.views}
+        return {"kind": self.kind, "views": self.views, "crop_scale": self.crop_scale}
 
     def encoded_view(self, view: int) -> Encoded:
         if view in self._memo:
             return self._memo[view]
         encoded = self.store.view_features(self.backbone, self.items, self.seed, view, self.workers,
-                                           self.skip_bad_images, desc=f"encode view {view}", progress=self.progress)
+                                           self.skip_bad_images, desc=f"encode view {view}", progress=self.progress,
+                                           crop_scale=self.crop_scale)
         if self.views != FRESH:
             self._memo[view] = encoded
         return encoded
@@ -453,15 +457,15 @@ class ImageBatches:
     kind = "images"
 
     def __init__(self, backbone: Backbone, items: Sequence[Datum], batch_size: int, seed: int, workers: int = 0,
-                 skip_bad_images: bool = False):
+                 skip_bad_images: bool = False, crop_scale: float = RECIPE_CROP_SCALE):
         self.backbone, self.items, self.batch_size, self.seed = backbone, list(items), batch_size, seed
-        self.workers, self.skip_bad_images = workers, skip_bad_images
+        self.workers, self.skip_bad_images, self.crop_scale = workers, skip_bad_images, crop_scale
 
     def describe(self) -> dict:
-        return {"kind": self.kind}
+        return {"kind": self.kind, "crop_scale": self.crop_scale}
 
     def batches(self, epoch: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        dataset = make_views(self.backbone, self.items, self.seed, epoch, self.skip_bad_images)
+        dataset = make_views(self.backbone, self.items, self.seed, epoch, self.skip_bad_images, self.crop_scale)
         index_batches = epoch_index_batches(len(self.items), self.batch_size, generator)
         loader = batch_loader(dataset, index_batches, self.workers, self.backbone.device.type == "cuda")
         device = self.backbone.device
@@ -485,14 +489,14 @@ class PromptedImageBatches(ImageBatches):
     def batches(self, epoch: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         yield from image_batches(self.backbone, self.items, self.seed, epoch,
                                  epoch_index_batches(len(self.items), self.batch_size, generator),
-                                 self.workers, self.skip_bad_images)
+                                 self.workers, self.skip_bad_images, self.crop_scale)
 
 
 def image_batches(backbone: Backbone, items: Sequence[Datum], seed: int | None, view: int,
-                  index_batches: Sequence[Sequence[int]], workers: int = 0, skip_bad_images: bool = False
-                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                  index_batches: Sequence[Sequence[int]], workers: int = 0, skip_bad_images: bool = False,
+                  crop_scale: float = RECIPE_CROP_SCALE) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(image tensors, labels) of ``items`` in ``index_batches``: test images (``seed=None``) or a training view."""
-    dataset = make_views(backbone, items, seed, view, skip_bad_images)
+    dataset = make_views(backbone, items, seed, view, skip_bad_images, crop_scale)
     loader = batch_loader(dataset, index_batches, workers, backbone.device.type == "cuda")
     device = backbone.device
     for batch in loader:

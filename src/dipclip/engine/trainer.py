@@ -29,6 +29,7 @@ from typing import Protocol
 import torch
 from tqdm.auto import tqdm
 
+from ..data.transforms import RECIPE_CROP_SCALE
 from ..data.types import Datum
 from ..density import density_report
 from ..errors import DipclipError
@@ -53,6 +54,7 @@ class TrainConfig:
     eval_every: int = 0  # evaluate every E epochs during training (0: only at the end, outside the history)
     views: str | int = FRESH  # "fresh": a new augmentation every epoch; N: N cached views, cycled
     feature_cache: bool = True  # keep encoded views on disk (never changes the numbers)
+    crop_scale: float = RECIPE_CROP_SCALE  # smallest share of the image area a training crop keeps
 
     def validate(self) -> TrainConfig:
         if self.epochs < 1:
@@ -64,6 +66,9 @@ class TrainConfig:
         if self.workers < 0:
             raise DipclipError(f"--workers must be >= 0, got {self.workers}")
         parse_views(self.views)
+        if not 0 < self.crop_scale <= 1:
+            raise DipclipError(f"--crop-scale must be in (0, 1], the smallest share of the image a training crop "
+                               f"keeps (the recipes: {RECIPE_CROP_SCALE}); got {self.crop_scale}")
         return self
 
 
@@ -195,9 +200,9 @@ class Trainer:
         cfg = self.config
         if self.model.image_prompted:
             return PromptedImageBatches(self.model.backbone, items, cfg.batch_size, cfg.seed, cfg.workers,
-                                        cfg.skip_bad_images)
+                                        cfg.skip_bad_images, cfg.crop_scale)
         return FeatureBatches(self.model.backbone, items, cfg.batch_size, cfg.seed, cfg.views, self.store,
-                              cfg.workers, cfg.skip_bad_images, progress=self.progress)
+                              cfg.workers, cfg.skip_bad_images, progress=self.progress, crop_scale=cfg.crop_scale)
 
     def fit(self, items: Sequence[Datum], resume: bool = False, source: BatchSource | None = None,
             evaluate: Callable[[PromptCLIP], dict] | None = None) -> list[dict]:

@@ -8,6 +8,7 @@ captions use, outputs equal the fp32 model's up to fp16 rounding; `verify_roundt
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -17,13 +18,20 @@ from ..backbones.build import file_sha256
 
 
 def export_model(model: torch.nn.Module, model_cfg: dict, token_ids: torch.Tensor, out_dir: Path,
-                 provenance: str, extra: dict | None = None) -> dict:
-    """Save ``model.safetensors`` (fp16, pruned vocabulary) and ``open_clip_config.json``; return the meta."""
+                 provenance: str, extra: dict | None = None, logit_scale: float | None = None) -> dict:
+    """Save ``model.safetensors`` (fp16, pruned vocabulary) and ``open_clip_config.json``; return the meta.
+
+    ``logit_scale``: the temperature the file ships with instead of the learned one (None: the learned one).
+    Zero-shot predictions do not depend on it (a positive factor on every logit); the gradients of prompt
+    tuning do, and the CoOp family's learning rates were set on CLIP, whose logit scale is 100.
+    """
     from safetensors.torch import save_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
     state.pop("attn_mask", None)
+    if logit_scale is not None:
+        state["logit_scale"] = torch.tensor(math.log(logit_scale))
     table = state.pop("token_embedding.weight")
     tensors = {k: v.half().contiguous() for k, v in state.items()}
     tensors["token_embedding.weight"] = table[token_ids].half().contiguous()
