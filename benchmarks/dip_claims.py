@@ -44,6 +44,10 @@ CONFIGS: dict[str, list[str]] = {
     "kgcoop+dip": ["--method", "kgcoop+dip"],
     "prograd": ["--method", "prograd"],
     "prograd+dip": ["--method", "prograd+dip"],
+    # ProGrad's 16-token context (12 zeros, then the template's words) drowns the class name in a 4-layer text
+    # tower (CoOp with 16 random tokens collapses the same way); with CoOp's 4 tokens the method itself shows
+    "prograd-ctx4": ["--method", "prograd", "--n-ctx", "4", "--init-text", "a photo of a"],
+    "prograd+dip-ctx4": ["--method", "prograd+dip", "--n-ctx", "4", "--init-text", "a photo of a"],
 }
 
 
@@ -96,7 +100,7 @@ def spearman(x: list[float], y: list[float]) -> float | None:
 def mean_std(values: list[float]) -> str:
     if not values:
         return "-"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    std = statistics.pstdev(values) if values else 0.0  # population std, as the protocol summaries
     return f"{statistics.mean(values):.2f} ± {std:.2f}"
 
 

@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seed {seed}: probe {report['probe'][seed]}, coop {report['coop']}", file=sys.stderr, flush=True)
 
     def mean(values: list[float]) -> str:
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        std = statistics.pstdev(values) if values else 0.0  # population std, as the protocol summaries
         return f"{statistics.mean(values):.2f} ± {std:.2f}"
 
     probe_cols = [mean([report["probe"][s][i] for s in args.seeds]) for i in range(len(PROBE_STEPS))]
