@@ -5,14 +5,15 @@ trained on the same K shots and started at the zero-shot text features (the prob
 rise above zero-shot, no prompt method will, and a testbed built on that model and data cannot show
 prompt tuning at all. This measures that in a minute, before hours are spent on runs:
 
-    python benchmarks/headroom.py                                   # dipclip-tiny on the shipped demo
+    python benchmarks/headroom.py                                   # dipclip-tiny on the drawing demo
+    python benchmarks/headroom.py --dataset demo_fashion --crop-scale 0.5   # as `dipclip demo` trains
     python benchmarks/headroom.py --data ~/fmnist --dataset imagefolder
     python benchmarks/headroom.py --model cfg.json --pretrained model_fp32.pt --data DIR --dataset demo
 
 Columns: zero-shot on the base test images; the probe after 50, 200 and 1000 full-batch Adam steps
 (lr 1e-3, the model's logit scale; test accuracy at fixed steps, no selection on the test set); CoOp
 (`dipclip train --method coop`, its recipe: SGD lr 0.002, 4 context tokens "a photo of a") at the given
-epoch counts, e.g. the demo's 20 and the recipe's 200, and how far its context moved from the
+epoch counts (default 20 and the recipe's 200, which the demo runs), and how far its context moved from the
 initialisation (mean L2 distance per token; a token embedding's own norm is printed beside it).
 """
 
@@ -84,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shots", type=positive_int, default=16)
     parser.add_argument("--coop-epochs", type=positive_int, nargs="*", default=[20, 200],
                         help="CoOp runs at these epoch counts (none: probe only)")
+    parser.add_argument("--crop-scale", default=None,
+                        help="CoOp's training crops keep at least this share of the image (default: the recipes' "
+                             "0.08; `dipclip demo` uses 0.5 on demo_fashion)")
     parser.add_argument("--out", type=Path, default=None, help="write headroom.json here")
     args = parser.parse_args(argv)
 
@@ -114,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     common = ["--pretrained", args.pretrained, "--dataset", args.dataset]
     common += ["--data", args.data] if args.data else []
     common += ["--model", args.model] if args.model else []
+    common += ["--crop-scale", args.crop_scale] if args.crop_scale else []
     report: dict = {"classes": len(names), "test_images": len(base.test), "logit_scale": round(scale, 2),
                     "zero_shot": round(zero_shot, 2), "probe": {}, "coop": {}, "coop_moved": {},
                     "token_norm": round(token_norm, 3)}
@@ -135,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
 
     probe_cols = [mean([report["probe"][s][i] for s in args.seeds]) for i in range(len(PROBE_STEPS))]
     print(f"{args.pretrained} on {args.dataset}: {len(names)} base classes, {len(base.test)} test images, "
-          f"logit scale {scale:.1f}, {args.shots} shots, seeds {args.seeds}")
+          f"logit scale {scale:.1f}, {args.shots} shots, seeds {args.seeds}, CoOp's crops "
+          f"{args.crop_scale or 0.08}-1")
     print("| zero-shot | " + " | ".join(f"probe {s} steps" for s in PROBE_STEPS) + " | "
           + " | ".join(f"CoOp {e} ep (moved)" for e in args.coop_epochs) + " |")
     print("|---" * (1 + len(PROBE_STEPS) + len(args.coop_epochs)) + "|")
