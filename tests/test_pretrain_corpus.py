@@ -246,3 +246,18 @@ def test_pretrain_refuses_before_training_when_fashion_test_files_are_missing(tm
     assert any(p.startswith("Fashion-MNIST's test files t10k-images-idx3-ubyte.gz not found in ") for p in problems)
     (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(b"")
     assert not any("Fashion-MNIST" in p for p in recipe.check_sources(args))
+
+
+@pytest.mark.parametrize("flag, bad, message", [
+    ("--minutes", "0", "must be a number > 0"), ("--minutes", "inf", "must be a number > 0"),
+    ("--lr", "0", "must be a number > 0"), ("--batch-size", "1", "must be >= 2"),
+    ("--steps", "0", "must be >= 1"), ("--threads", "0", "must be >= 1"), ("--workers", "0", "must be >= 1"),
+    ("--image-size", "44", "must be a multiple of 8"), ("--width", "96", "must be a multiple of 64"),
+    ("--layers", "two", "expected a whole number >= 1"), ("--fashion-per-class", "-5", "must be >= 0"),
+])
+def test_pretrain_refuses_settings_that_would_fail_or_mislead_later(capsys, flag, bad, message):
+    """Checked before an hour of pretraining starts, not when the first batch or the export fails."""
+    with pytest.raises(SystemExit) as stop:
+        recipe.build_parser().parse_args(["--out", "o", flag, bad])
+    assert stop.value.code == 2
+    assert f"{flag}: {message}" in capsys.readouterr().err

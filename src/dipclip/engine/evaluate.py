@@ -9,27 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch.utils.data import DataLoader
 
 from ..backbones.loading import Backbone
-from ..data.images import ImageDataset, collate_skipping_bad
-from ..data.transforms import test_transform
 from ..data.types import Datum
 from .features import FeatureStore
-
-
-def image_loader(backbone: Backbone, items: Sequence[Datum], batch_size: int, workers: int,
-                 skip_bad_images: bool = False, train: bool = False, generator: torch.Generator | None = None):
-    from ..data.transforms import train_transform
-
-    make = train_transform if train else test_transform
-    transform = make(backbone.image_size, backbone.mean, backbone.std)
-    dataset = ImageDataset(items, transform, skip_bad_images=skip_bad_images)
-    return DataLoader(
-        dataset, batch_size=batch_size, shuffle=train, num_workers=workers, generator=generator,
-        drop_last=train and len(dataset) >= batch_size, collate_fn=collate_skipping_bad,
-        pin_memory=backbone.device.type == "cuda",
-    )
 
 
 @torch.no_grad()

@@ -36,6 +36,31 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def whole_at_least(minimum: int, multiple: int = 1):
+    """An argparse type: a whole number >= ``minimum`` (and a multiple of ``multiple``)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
+        if value % multiple:
+            raise argparse.ArgumentTypeError(f"must be a multiple of {multiple}, got {text}")
+        return value
+    return parse
+
+
+def positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
+
+
 FASHION_DEMO = "demo_fashion"
 FASHION_TEST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 
@@ -71,24 +96,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--openclipart-dir", type=Path, default=Path("/usr/share/openclipart/png"))
     parser.add_argument("--fashion-dir", type=Path, default=Path("/usr/share/datasets/fashion-mnist"),
                         help="Fashion-MNIST idx files; a missing folder just leaves it out")
-    parser.add_argument("--fashion-per-class", type=int, default=100)
+    parser.add_argument("--fashion-per-class", type=non_negative_int, default=100,
+                        help="Fashion-MNIST training images per class in pretraining (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=None,
+    parser.add_argument("--steps", type=whole_at_least(1), default=None,
                         help="train for exactly N steps, the cosine schedule by step (default: train for --minutes "
                              "of wall clock, the schedule following the clock, so a busy machine still finishes)")
-    parser.add_argument("--minutes", type=float, default=20.0,
+    parser.add_argument("--minutes", type=positive_number, default=20.0,
                         help="training time budget when --steps is not given (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=whole_at_least(2), default=128,
+                        help="images per contrastive batch, at least 2 (default: %(default)s)")
     parser.add_argument("--evals", type=non_negative_int, default=3,
                         help="zero-shot evaluations on the held-out images during training, evenly spaced, for "
                              "the learning curve in the log (default: %(default)s)")
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=2, help="processes decoding images")
+    parser.add_argument("--lr", type=positive_number, default=1e-3, help="AdamW peak lr (default: %(default)s)")
+    parser.add_argument("--threads", type=whole_at_least(1), default=2, help="torch CPU threads (default: %(default)s)")
+    parser.add_argument("--workers", type=whole_at_least(1), default=2, help="processes decoding images")
     parser.add_argument("--name", default="dipclip-tiny", help="model folder name under --out")
-    parser.add_argument("--image-size", type=int, default=48, help="model input size in pixels, patch 8")
-    parser.add_argument("--width", type=int, default=128, help="width of both towers and of the embedding")
-    parser.add_argument("--layers", type=int, default=4, help="depth of both towers")
+    parser.add_argument("--image-size", type=whole_at_least(16, 8), default=48,
+                        help="model input size in pixels, a multiple of the patch size 8 (default: %(default)s)")
+    parser.add_argument("--width", type=whole_at_least(64, 64), default=128,
+                        help="width of both towers and of the embedding, a multiple of the head width 64")
+    parser.add_argument("--layers", type=whole_at_least(1), default=4, help="depth of both towers")
     parser.add_argument("--logit-scale", type=logit_scale, default=None,
                         help="initial logit scale, learned from there and clamped at 100 as in CLIP (default: "
                              "open_clip's 1/0.07 = 14.3). Prompt tuning's gradients scale with it: CLIP's "
