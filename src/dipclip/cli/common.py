@@ -6,6 +6,8 @@ import argparse
 import math
 import os
 
+from ..argtypes import int_at_least
+
 FORMATTER = argparse.RawDescriptionHelpFormatter
 
 # The --method values, spelled out so that `--help` needs no torch (importing dipclip.methods loads it);
@@ -19,21 +21,6 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
     def error(self, message: str):  # noqa: D401 - argparse API
         self.exit(2, f"dipclip: error: {message} (see `{self.prog} --help`)\n")
-
-
-def int_at_least(minimum: int):
-    """An argparse type for whole numbers >= ``minimum``, with a one-line reason when not."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
 
 
 positive_int = int_at_least(1)

@@ -20,35 +20,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..argtypes import int_at_least
+
 EMOJI_PACKAGES = {"emoji-datasource": "16.0.0", "emoji-datasource-twitter": "16.0.0",
                   "emoji-datasource-google": "16.0.0", "openmoji": "17.0.0"}
 DEMO_SIZE = 64
 FP32_NAME = "model_fp32.pt"
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def whole_at_least(minimum: int, multiple: int = 1):
-    """An argparse type: a whole number >= ``minimum`` (and a multiple of ``multiple``)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
-        if value % multiple:
-            raise argparse.ArgumentTypeError(f"must be a multiple of {multiple}, got {text}")
-        return value
-    return parse
+non_negative_int = int_at_least(0)
 
 
 def positive_number(text: str) -> float:
@@ -99,25 +79,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fashion-per-class", type=non_negative_int, default=100,
                         help="Fashion-MNIST training images per class in pretraining (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=whole_at_least(1), default=None,
+    parser.add_argument("--steps", type=int_at_least(1), default=None,
                         help="train for exactly N steps, the cosine schedule by step (default: train for --minutes "
                              "of wall clock, the schedule following the clock, so a busy machine still finishes)")
     parser.add_argument("--minutes", type=positive_number, default=20.0,
                         help="training time budget when --steps is not given (default: %(default)s)")
-    parser.add_argument("--batch-size", type=whole_at_least(2), default=128,
+    parser.add_argument("--batch-size", type=int_at_least(2), default=128,
                         help="images per contrastive batch, at least 2 (default: %(default)s)")
     parser.add_argument("--evals", type=non_negative_int, default=3,
                         help="zero-shot evaluations on the held-out images during training, evenly spaced, for "
                              "the learning curve in the log (default: %(default)s)")
     parser.add_argument("--lr", type=positive_number, default=1e-3, help="AdamW peak lr (default: %(default)s)")
-    parser.add_argument("--threads", type=whole_at_least(1), default=2, help="torch CPU threads (default: %(default)s)")
-    parser.add_argument("--workers", type=whole_at_least(1), default=2, help="processes decoding images")
+    parser.add_argument("--threads", type=int_at_least(1), default=2, help="torch CPU threads (default: %(default)s)")
+    parser.add_argument("--workers", type=int_at_least(1), default=2, help="processes decoding images")
     parser.add_argument("--name", default="dipclip-tiny", help="model folder name under --out")
-    parser.add_argument("--image-size", type=whole_at_least(16, 8), default=48,
+    parser.add_argument("--image-size", type=int_at_least(16, 8), default=48,
                         help="model input size in pixels, a multiple of the patch size 8 (default: %(default)s)")
-    parser.add_argument("--width", type=whole_at_least(64, 64), default=128,
+    parser.add_argument("--width", type=int_at_least(64, 64), default=128,
                         help="width of both towers and of the embedding, a multiple of the head width 64")
-    parser.add_argument("--layers", type=whole_at_least(1), default=4, help="depth of both towers")
+    parser.add_argument("--layers", type=int_at_least(1), default=4, help="depth of both towers")
     parser.add_argument("--logit-scale", type=logit_scale, default=None,
                         help="initial logit scale, learned from there and clamped at 100 as in CLIP (default: "
                              "open_clip's 1/0.07 = 14.3). Prompt tuning's gradients scale with it: CLIP's "
