@@ -105,6 +105,8 @@ def mean_std(values: list[float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from dipclip.cli.common import crop_share
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--views", default="4")
     parser.add_argument("--lr", default=None, help="one learning rate for every configuration (default: each "
                                                    "method's recipe)")
-    parser.add_argument("--crop-scale", default=None,
+    parser.add_argument("--crop-scale", type=crop_share, default=None,
                         help="smallest share of the image a training crop keeps (default: the recipes' 0.08; the "
                              "demo uses 0.5 on demo_fashion)")
     parser.add_argument("--dataset", default="demo")
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.lr:
                 command += ["--lr", args.lr]
             if args.crop_scale:
-                command += ["--crop-scale", args.crop_scale]
+                command += ["--crop-scale", str(args.crop_scale)]
             m = run_once(command, args.out / name / f"seed{seed}", run=not args.table_only)
             if m is None:
                 continue

@@ -31,12 +31,6 @@ from pathlib import Path
 PROBE_STEPS = (50, 200, 1000)
 
 
-def positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return int(text)
-
-
 def probe(features, labels, init, scale: float, test_features, test_labels) -> list[float]:
     """Test accuracy of a cosine classifier started at ``init``, after each of PROBE_STEPS Adam steps."""
     import torch
@@ -76,6 +70,10 @@ def run_coop(common: list[str], seed: int, shots: int, epochs: int, folder: Path
 
 
 def main(argv: list[str] | None = None) -> int:
+    from dipclip.argtypes import int_at_least
+    from dipclip.cli.common import crop_share
+
+    positive_int = int_at_least(1)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="demo")
     parser.add_argument("--data", default=None, help="dataset root (default: the shipped demo)")
@@ -85,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shots", type=positive_int, default=16)
     parser.add_argument("--coop-epochs", type=positive_int, nargs="*", default=[20, 200],
                         help="CoOp runs at these epoch counts (none: probe only)")
-    parser.add_argument("--crop-scale", default=None,
+    parser.add_argument("--crop-scale", type=crop_share, default=None,
                         help="CoOp's training crops keep at least this share of the image (default: the recipes' "
                              "0.08; `dipclip demo` uses 0.5 on demo_fashion)")
     parser.add_argument("--out", type=Path, default=None, help="write headroom.json here")
@@ -118,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     common = ["--pretrained", args.pretrained, "--dataset", args.dataset]
     common += ["--data", args.data] if args.data else []
     common += ["--model", args.model] if args.model else []
-    common += ["--crop-scale", args.crop_scale] if args.crop_scale else []
+    common += ["--crop-scale", str(args.crop_scale)] if args.crop_scale else []
     report: dict = {"classes": len(names), "test_images": len(base.test), "logit_scale": round(scale, 2),
                     "zero_shot": round(zero_shot, 2), "probe": {}, "coop": {}, "coop_moved": {},
                     "token_norm": round(token_norm, 3)}

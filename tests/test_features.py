@@ -239,10 +239,10 @@ def test_crop_scale_reaches_the_views_the_store_key_and_the_run_settings(tmp_pat
     from dipclip.data.transforms import RECIPE_CROP_SCALE
 
     items = tree_items(image_tree, "train")[:4]
-    recipe = make_views(api.load_backbone(str(tiny_config_path), "none"), items, seed=3, view=1)
+    backbone = api.load_backbone(str(tiny_config_path), "none")
+    recipe = make_views(backbone, items, seed=3, view=1)
     assert f"scale=({RECIPE_CROP_SCALE}, 1.0)" in repr(recipe.transform)
     store = FeatureStore(tmp_path / "store")
-    backbone = api.load_backbone(str(tiny_config_path), "none")
     wide = store.view_features(backbone, items, seed=3, view=1, progress=False)
     half = store.view_features(backbone, items, seed=3, view=1, progress=False, crop_scale=0.5)
     assert store.misses == 2 and not torch.equal(wide.features, half.features)

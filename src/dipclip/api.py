@@ -226,8 +226,7 @@ def _plan_from_train_arguments(method: str, *, recipe: str, dataset: str | None,
                                random_init: bool, **rest) -> TrainingPlan:
     prompt_overrides = {k: rest.pop(k) for k in PROMPT_ARGUMENTS if k in rest}
     train_options = {k: rest.pop(k) for k in TRAIN_ARGUMENTS if k in rest}
-    if train_options.get("crop_scale", 0) is None:  # None: the recipe's
-        del train_options["crop_scale"]
+    train_options = {k: v for k, v in train_options.items() if v is not None}  # None: TrainConfig's default
     if rest:
         raise TypeError(f"unexpected training argument(s): {', '.join(sorted(rest))}")
     return plan_training(

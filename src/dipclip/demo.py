@@ -22,8 +22,8 @@ from .protocols import ProtocolConfig, ProtocolRunner, harmonic_mean
 DEMO_METHODS = ("zeroshot", "coop", "dip")
 DEMO_DATASET = "demo_fashion"
 # Training crops of the shipped datasets when run on their shipped images. demo_fashion's images are 28 px: the
-# recipes' crops down to 8% of the area keep about 8 x 8 pixels, on which the demo model is at chance, and CoOp
-# trained on them ends below zero-shot on base (39 against 41, measured: docs/dip-tuning.md).
+# recipes' crops go down to 8% of the area (about 8 x 8 pixels), and CoOp trained on them ends at 42.1 on base
+# against 46.1 with crops of at least half (zero-shot 40.6; PROVENANCE.md, "What was measured for v5").
 SHIPPED_CROP_SCALE = {"demo_fashion": 0.5}
 
 
@@ -106,7 +106,8 @@ def _format_table(rows: list[dict], dataset: str, backbone: str, n_seeds: int, s
         return f"{value['mean']:.2f}" + (f" ± {value['std']:.2f}" if value.get("n", 0) > 1 else "")
 
     rate = "the recipes' learning rate" if lr is None else f"lr {lr:g}"
-    crops = "" if crop_scale is None else f", training crops of {crop_scale:g}-1 of the image (recipes: 0.08-1)"
+    crops = ("" if crop_scale is None else
+             f", training crops of {crop_scale:g}-1 of the image (recipes: {RECIPE_CROP_SCALE:g}-1)")
     lines = [
         f"Base-to-new on {dataset} with {backbone}: {shots} shots, {epochs} epochs, {rate}{crops}, {n_seeds} seed(s)",
         "",
