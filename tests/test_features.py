@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -75,7 +76,14 @@ def test_store_reuses_features_and_every_input_changes_the_key(tiny_backbone, sm
         key(items=[dataclasses.replace(items[0], label=2)] + items[1:]),
     ]
     assert len({base, *variants}) == len(variants) + 1
-    os.utime(items[0].path, ns=(1, 1))  # a file changed on disk (mtime) -> new key, recomputed
+    os.utime(items[0].path, ns=(1, 1))  # touched, same bytes: the same key (identity is content)
+    assert key() == base
+    second = Path(items[1].path).read_bytes()  # two files swapped in place, same sizes and mtimes
+    assert len(second) == os.path.getsize(items[0].path) and second != Path(items[0].path).read_bytes()
+    Path(items[1].path).write_bytes(Path(items[0].path).read_bytes())
+    Path(items[0].path).write_bytes(second)
+    for item in items[:2]:
+        os.utime(item.path, ns=(1, 1))
     assert key() != base
     store.test_features(tiny_backbone, items, progress=False)
     assert store.misses == 2

@@ -64,20 +64,34 @@ def load_data(data: str | None, dataset: str | None, shots: int | None = None, s
                            cache_dir=cache_root() / "fewshot")
 
 
-def split_identity(splits: DatasetSplits) -> str:
-    """Identifies the images a run trains and tests on (file names and labels of train and test, and the
-    class list), so a finished run is never taken for one on other data."""
-    import hashlib
+def training_splits(data: str | None, dataset: str | None, shots: int | None, seed: int,
+                    subsample: str) -> tuple[DatasetSplits, DatasetSplits | None]:
+    """What :func:`train` reads: the (few-shot, subsampled) splits, and with ``subsample="base"`` the new
+    half it is also evaluated on."""
+    splits = load_data(data, dataset, shots, seed, subsample)
+    new_splits = None
+    if subsample == "base" and data is not None and dataset is not None:
+        new_splits = load_data(data, dataset, None, seed, "new")
+    return splits, new_splits
 
-    digest = hashlib.sha256("\n".join(splits.classnames).encode())
-    for name, items in (("train", splits.train), ("test", splits.test)):
-        digest.update(f"#{name}\n".encode())
-        for item in items:
-            where = Path(item.path)
-            if splits.image_root is not None and where.is_relative_to(splits.image_root):
-                where = where.relative_to(splits.image_root)
-            digest.update(f"{where.as_posix()}\t{item.label}\n".encode())
-    return digest.hexdigest()[:20]
+
+def training_identity(splits: DatasetSplits, new_splits: DatasetSplits | None, subsample: str) -> str:
+    """The content identity (:mod:`dipclip.data.identity`) of a training run's data: its training images, the
+    test images it is evaluated on (and the new half's), with labels and class lists."""
+    from .data.identity import data_identity
+
+    name = "base" if subsample == "base" else ("new" if subsample == "new" else "test")
+    parts = [("train", splits, "train"), (name, splits, "test")]
+    if new_splits is not None:
+        parts.append(("new", new_splits, "test"))
+    return data_identity(parts, progress=is_main_process())
+
+
+def evaluation_identity(splits: DatasetSplits, split: str, name: str) -> str:
+    """The content identity of an evaluation's data (the ``split`` evaluated as ``name``)."""
+    from .data.identity import data_identity
+
+    return data_identity([(name, splits, split)], progress=is_main_process())
 
 
 def embedded_data_root() -> Path:
@@ -328,16 +342,18 @@ def train(
     prompt_method, prompt_cfg, optim_cfg, train_cfg = plan.method, plan.prompt, plan.optim, plan.train
     data = resolve_data_root(data, dataset)
     if splits is None:
-        splits = load_data(data, dataset, shots, seed, subsample)
-    new_splits = None
-    if subsample == "base" and data is not None and dataset is not None:
-        new_splits = load_data(data, dataset, None, seed, "new")
+        splits, new_splits = training_splits(data, dataset, shots, seed, subsample)
+    else:
+        new_splits = None
+        if subsample == "base" and data is not None and dataset is not None:
+            new_splits = load_data(data, dataset, None, seed, "new")
     if new_splits is not None and prompt_cfg.class_specific:
         raise DipclipError("a class-specific context cannot be evaluated on the new classes; drop "
                            "--class-specific or use --subsample all")
     name = "base" if subsample == "base" else ("new" if subsample == "new" else "test")
     tests = [(name, splits, subsample != "all")] + ([("new", new_splits, True)] if new_splits is not None else [])
     data_warnings = _report(check_for_training(splits, tests, shots, skip_bad_images))  # before the model loads
+    identity = training_identity(splits, new_splits, subsample)
     backbone = backbone or load_backbone(model, pretrained, device=device)
     out = Path(out)
     prompt_model = prompt_method.build(backbone, splits.classnames, prompt_cfg)
@@ -380,7 +396,7 @@ def train(
         "num_classes": len(splits.classnames),
         "num_train_images": len(splits.train),
         "data_warnings": data_warnings,
-        "data_identity": split_identity(splits),
+        "data_identity": identity,
         "backbone": backbone.describe(),
         "config": config,
         "timing": {
@@ -417,6 +433,7 @@ def zeroshot(
     splits = splits or load_data(data, dataset, None, 1, subsample)
     name = split if subsample == "all" else subsample
     data_warnings = _report(check_for_evaluation(splits, split, name, subsample != "all", skip_bad_images))
+    identity = evaluation_identity(splits, split, name)
     backbone = backbone or load_backbone(model, pretrained, device=device)
     if ensemble and not templates:  # CoOp's ensemble: the 7 templates (+ the dataset's, except on ImageNet)
         chosen = ensemble_templates(splits.name, splits.template)
@@ -435,6 +452,7 @@ def zeroshot(
         "results": {name: result},
         "num_classes": len(splits.classnames),
         "data_warnings": data_warnings,
+        "data_identity": identity,
         "backbone": backbone.describe(),
         "config": {"data": data, "dataset": dataset, "split": split, "subsample": subsample,
                    "templates": chosen, "model": model, "pretrained": pretrained},
@@ -466,6 +484,7 @@ def evaluate(
     splits = splits or load_data(data, dataset, None, 1, subsample)
     name = split if subsample == "all" else subsample
     data_warnings = _report(check_for_evaluation(splits, split, name, subsample != "all", skip_bad_images))
+    identity = evaluation_identity(splits, split, name)
     backbone = backbone or _backbone_for_adapter(loaded.config, model, pretrained, device)
     prompt_model = model_from_adapter(loaded, backbone, splits.classnames)
     result = evaluate_model(prompt_model, splits.split(split), workers=workers, skip_bad_images=skip_bad_images,
@@ -477,6 +496,7 @@ def evaluate(
         "results": {name: result},
         "num_classes": len(splits.classnames),
         "data_warnings": data_warnings,
+        "data_identity": identity,
         "backbone": backbone.describe(),
         "config": {"adapter": str(adapter), "data": data, "dataset": dataset, "split": split,
                    "subsample": subsample, "prompt": loaded.config["prompt"]},

@@ -18,6 +18,7 @@ published tables do: per dataset HM(mean base, mean new); the average row HM(ave
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import sys
@@ -29,7 +30,7 @@ import numpy as np
 
 from . import api
 from .backbones.loading import Backbone, file_sha256, load_backbone
-from .data.registry import DG_KEYS, TRAINABLE_KEYS, dataset_info
+from .data.registry import DG_KEYS, EMBEDDED_DATASETS, TRAINABLE_KEYS, dataset_info
 from .engine.locking import output_lock
 from .engine.reproducibility import atomic_write_bytes, atomic_write_json
 from .errors import DipclipError
@@ -50,7 +51,7 @@ def harmonic_mean(base: float, new: float) -> float:
 @dataclass
 class ProtocolConfig:
     protocol: str
-    data: str
+    data: str | None  # None: dipclip's shipped demo datasets
     datasets: Sequence[str]
     methods: Sequence[str] = ("zeroshot", "coop", "dip")
     seeds: Sequence[int] = DEFAULT_SEEDS
@@ -72,10 +73,30 @@ class ProtocolConfig:
             raise DipclipError(f"unknown method(s) {unknown or 'none given'}; use zeroshot, {', '.join(known)}")
         if not self.seeds:
             raise DipclipError("give at least one seed")
+        if not self.datasets:
+            raise DipclipError("give at least one dataset (--datasets KEY ... or all)")
+        if not self.shots:
+            raise DipclipError("give at least one shot count (--shots K ...)")
+        for flag, values in (("--datasets", self.datasets), ("--methods", self.methods), ("--seeds", self.seeds),
+                             ("--shots", self.shots)):
+            repeated = sorted({str(v) for v in values if list(values).count(v) > 1})
+            if repeated:
+                raise DipclipError(f"{flag} lists {', '.join(repeated)} more than once: a table row would count the "
+                                   f"same run twice; give each value once")
         if any(k < 1 for k in self.shots):
             raise DipclipError(f"shots must be >= 1, got {list(self.shots)}")
+        if self.protocol != "fewshot" and len(self.shots) > 1:
+            raise DipclipError(f"{self.protocol} trains at one shot count, got --shots {' '.join(map(str, self.shots))}; "
+                               f"run one {self.protocol} command per shot count (each with its own --out), or use "
+                               "fewshot for accuracy against shots")
         for key in self.datasets:
             dataset_info(key)  # raises with the list of known keys
+        needs_root = [k for k in self.datasets if k not in EMBEDDED_DATASETS]
+        if self.protocol in ("xd", "dg"):
+            needs_root = [SOURCE, *needs_root]
+        if self.data is None and needs_root:
+            raise DipclipError(f"give --data ROOT, the folder holding the dataset folders of {', '.join(needs_root)} "
+                               "(only dipclip's shipped demo datasets need none)")
         if self.protocol in ("base2new", "fewshot"):
             bad = [k for k in self.datasets if dataset_info(k).test_only]
             if bad:
@@ -152,10 +173,24 @@ class ProtocolRunner:
                                   **self._train_arguments(method, train_dataset, shots, seed, subsample))
         return run_settings(config)
 
-    def _data_identity(self, kind: str, dataset: str, shots: int, seed: int) -> str:
+    def _zeroshot_subsamples(self, kind: str) -> tuple[str, ...]:
+        return ("base", "new") if self.config.protocol == "base2new" and kind == "run" else ("all",)
+
+    def _data_identity(self, kind: str, dataset: str, shots: int, method: str, seed: int) -> str:
+        """The content identity (:mod:`dipclip.data.identity`) of the data this run reads, computed as the run
+        computes it: a finished run is reused only when its ``metrics.json`` holds the same."""
+        data = self.config.data
+        if kind == "target" and method != "zeroshot":
+            return api.evaluation_identity(api.load_data(data, dataset), "test", "test")
+        if method == "zeroshot":
+            target = SOURCE if kind == "source" else dataset
+            return combined_identity([api.evaluation_identity(api.load_data(data, target, None, 1, subsample), "test",
+                                                              "test" if subsample == "all" else subsample)
+                                      for subsample in self._zeroshot_subsamples(kind)])
         subsample = "base" if self.config.protocol == "base2new" and kind == "run" else "all"
-        splits = api.load_data(self.config.data, SOURCE if kind == "source" else dataset, shots, seed, subsample)
-        return api.split_identity(splits)
+        splits, new_splits = api.training_splits(data, SOURCE if kind == "source" else dataset, shots, seed,
+                                                 subsample)
+        return api.training_identity(splits, new_splits, subsample)
 
     def _source_adapter_digest(self, shots: int, method: str, seed: int) -> str | None:
         weights = self.run_dir(SOURCE, shots, method, seed) / "adapter" / "adapter_model.safetensors"
@@ -174,9 +209,8 @@ class ProtocolRunner:
         if kind != "target":
             held["backbone"] = metrics.get("backbone", {}).get("identity")
             expected["backbone"] = self.backbone.identity
-        if kind != "target" and method != "zeroshot":
-            held["data"] = metrics.get("data_identity")
-            expected["data"] = self._data_identity(kind, dataset, shots, seed)
+        held["data"] = metrics.get("data_identity")
+        expected["data"] = self._data_identity(kind, dataset, shots, method, seed)
         differences = settings_differences(held, expected)
         if differences:
             raise DipclipError(
@@ -186,10 +220,13 @@ class ProtocolRunner:
 
     def _zeroshot(self, dataset: str, subsamples: Sequence[str], folder: Path) -> dict:
         merged: dict = {}
+        identities = []
         for subsample in subsamples:
             metrics = api.zeroshot(data=self.config.data, dataset=dataset, subsample=subsample,
                                    backbone=self.backbone, model=self.config.model, pretrained=self.config.pretrained)
             merged = metrics | {"results": merged.get("results", {}) | metrics["results"]}
+            identities.append(metrics["data_identity"])
+        merged["data_identity"] = combined_identity(identities)
         atomic_write_json(folder / api.METRICS_NAME, merged)
         return merged
 
@@ -435,6 +472,13 @@ def settings_differences(held: dict, expected: dict) -> list[str]:
     """``key held -> expected`` for every setting that differs."""
     keys = sorted(set(held) | set(expected))
     return [f"{k} {held.get(k)!r} -> {expected.get(k)!r}" for k in keys if held.get(k) != expected.get(k)]
+
+
+def combined_identity(identities: Sequence[str]) -> str:
+    """One identity for a run that evaluated several splits (zero-shot on base and new)."""
+    if len(identities) == 1:
+        return identities[0]
+    return hashlib.sha256("\n".join(identities).encode()).hexdigest()[:24]
 
 
 def run_protocol(config: ProtocolConfig, backbone: Backbone | None = None) -> dict:

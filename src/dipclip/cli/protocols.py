@@ -38,15 +38,17 @@ def add_commands(subparsers) -> None:
                    f"--datasets {'imagenet_a imagenet_r' if protocol == 'dg' else 'dtd eurosat'} "
                    "--methods coop dip --seeds 1 2 3 --out runs\n",
         )
-        parser.add_argument("--data", type=path_arg, required=True, metavar="ROOT", help="folder holding the dataset folders")
+        parser.add_argument("--data", type=path_arg, default=None, metavar="ROOT",
+                            help="folder holding the dataset folders (not needed for the shipped demo, demo_fashion)")
         parser.add_argument("--datasets", nargs="+", default=["all"], metavar="KEY",
-                            help="dataset keys, or 'all' for the protocol's published list (default)" +
+                            help="dataset keys, each once, or 'all' for the protocol's published list (default)" +
                                  ("; these are the targets, the source is imagenet" if protocol in ("xd", "dg") else ""))
         parser.add_argument("--methods", nargs="+", default=["zeroshot", "coop", "dip"], metavar="METHOD",
                             help="zeroshot and/or prompt methods (default: zeroshot coop dip)")
-        parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="default: 1 2 3")
+        parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="each once; default: 1 2 3")
         parser.add_argument("--shots", nargs="+", type=positive_int, default=DEFAULT_SHOTS[protocol],
-                            help=f"default: {' '.join(map(str, DEFAULT_SHOTS[protocol]))}")
+                            help=("shot counts, each once; " if protocol == "fewshot" else "one shot count; ") +
+                                 f"default: {' '.join(map(str, DEFAULT_SHOTS[protocol]))}")
         parser.add_argument("--workers", type=non_negative_int, default=0)
         parser.add_argument("--model", type=path_arg, default=None, metavar="NAME|CONFIG.json")
         parser.add_argument("--pretrained", type=path_arg, default=None, metavar="TAG|FILE",

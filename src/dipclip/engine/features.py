@@ -5,10 +5,10 @@ image's features depend only on (backbone, image file, transform, augmentation d
 :class:`FeatureStore` computes them once and keeps them on disk under ``cache_root() / "features"``,
 keyed by a hash of everything that can change them: the backbone's identity, image size, mean and std,
 the device kind (bf16 autocast on CUDA gives other numbers than fp32), torch and open_clip versions, the
-transform, the encoding batch size and the item list (paths relative to their common folder, labels, file
-sizes and modification times). Files are safetensors written atomically (temp file + ``os.replace``), and a
-lock file makes a second process wait for the first instead of encoding the same split twice, so
-concurrent runs can share one cache.
+transform, the encoding batch size and the item list (paths relative to their common folder, labels, and the
+SHA-256 of each file's bytes, memoised by :mod:`dipclip.data.identity`). Files are safetensors written
+atomically (temp file + ``os.replace``), and a lock file makes a second process wait for the first instead of
+encoding the same split twice, so concurrent runs can share one cache.
 
 An entry is used only after it has been checked: it carries the key's payload (what it was made for) and a
 sha256 of its tensors, and its labels must be the split's. A file that fails any check (damaged or zeroed
@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..backbones.loading import Backbone
+from ..data.identity import items_identity
 from ..data.images import BadImage, ImageDataset, collate_skipping_bad
 from ..data.transforms import RECIPE_CROP_SCALE, test_transform, train_transform
 from ..data.types import Datum
@@ -49,7 +50,7 @@ from ..errors import DipclipError, warn
 from ..paths import cache_root, remove_stale_temps
 from .reproducibility import atomic_write_bytes
 
-FORMAT_VERSION = 3  # 2: image features from the class-token last block; 3: entries carry a checksum
+FORMAT_VERSION = 4  # 2: class-token last block; 3: entries carry a checksum; 4: items keyed by content
 ENCODE_BATCH = 64  # fixed, so stored and recomputed features are the same bits whatever the caller's batch
 NO_CACHE_ENV = "DIPCLIP_NO_FEATURE_CACHE"
 FRESH = "fresh"
@@ -188,18 +189,11 @@ def _rank_world() -> tuple[int, int]:
 
 
 def _items_digest(items: Sequence[Datum]) -> tuple[str, str]:
-    """(sha256 over relative paths, labels, sizes and mtimes; the common folder, for the metadata)."""
+    """(sha256 over relative paths, labels and the content of every file; the common folder, for the
+    metadata). Content, not size and mtime: two files swapped in place keep both (:mod:`dipclip.data.identity`)."""
     paths = [os.path.abspath(item.path) for item in items]
     root = os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else ""
-    digest = hashlib.sha256()
-    for path, item in zip(paths, items, strict=True):
-        try:
-            stat = os.stat(path)
-            size, mtime = stat.st_size, stat.st_mtime_ns
-        except OSError:
-            size, mtime = -1, -1
-        digest.update(f"{os.path.relpath(path, root)}\t{item.label}\t{size}\t{mtime}\n".encode())
-    return digest.hexdigest(), root
+    return items_identity(items, root), root
 
 
 def _labels(items: Sequence[Datum]) -> torch.Tensor:

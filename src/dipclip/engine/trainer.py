@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,6 +30,7 @@ from typing import Protocol
 import torch
 from tqdm.auto import tqdm
 
+from ..data.identity import items_identity
 from ..data.transforms import RECIPE_CROP_SCALE
 from ..data.types import Datum
 from ..density import density_report
@@ -112,11 +114,20 @@ def make_optimizer(params, optim: OptimConfig) -> torch.optim.Optimizer:
 
 
 def run_fingerprint(payload: dict, items: Sequence[Datum]) -> str:
-    """Identifies what a checkpoint was trained on, so --resume never mixes two different runs."""
+    """Identifies what a checkpoint was trained on, so --resume never mixes two different runs: the settings
+    ``payload`` and the training items by content (relative path, label, bytes), so a checkpoint is never
+    continued on other images under the same names or in another data root with other files."""
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode())
-    for item in items:
-        digest.update(f"{Path(item.path).name}\t{item.label}\n".encode())
+    digest.update(training_items_identity(items).encode())
     return digest.hexdigest()[:20]
+
+
+def training_items_identity(items: Sequence[Datum]) -> str:
+    """Content identity of the training items, paths relative to their common folder (a moved data root with
+    the same bytes is the same data)."""
+    paths = [os.path.abspath(item.path) for item in items]
+    root = os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else None
+    return items_identity(items, root)[:20]
 
 
 def _differences(held: dict, wanted: dict, prefix: str = "") -> list[str]:
@@ -217,7 +228,7 @@ class Trainer:
             raise DipclipError("the training split is empty; check the dataset and --shots")
         cfg = self.config
         source = source if source is not None else self.default_source(items)
-        payload = self._fingerprint_payload(source)
+        payload = self._fingerprint_payload(source) | {"data": training_items_identity(items)}
         fingerprint = run_fingerprint(payload, items)
         start, history = 0, []
         self.method.load_training_state({})
