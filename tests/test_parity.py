@@ -236,6 +236,29 @@ def test_lr_schedule_is_dassls():
         _assert_schedule(_dipclip_lrs(optim, int(epochs), [1.0]), table, f"E={epochs}")
 
 
+# every lr table the golden files hold: (method, path to the record holding "lr_by_epoch" and the config's lr)
+LR_TABLES = [("coop", ("cases", "ctxv1")), ("cocoop", ("cases", "c4_ctxv1")),
+             ("kgcoop", ("cases", "OxfordPets")), ("kgcoop", ("cases", "DescribableTextures")),
+             ("prograd", ("cases", "OxfordPets")), ("prograd", ("cases", "DescribableTextures")),
+             ("maple", ("cases", "cross_datasets")), ("maple", ("cases", "base_to_new")),
+             ("promptsrc", ("configs", "vit_b16_c2_ep20_batch4_4+4ctx")),
+             ("promptsrc", ("configs", "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets")),
+             ("promptsrc", ("configs", "vit_b16_c2_ep50_batch4_4+4ctx_few_shot"))]
+
+
+@pytest.mark.parametrize(("method", "where"), LR_TABLES, ids=[f"{m}-{w[1]}" for m, w in LR_TABLES])
+def test_lr_schedule_of_each_method_is_the_one_its_dassl_built(method, where):
+    """The lr of every epoch, at E = 10 and at the config's own E, as each repository's Dassl (the ProGrad
+    fork for KgCoOp and ProGrad) built it from the config: dipclip's schedule at the config's lr."""
+    section, key = where
+    record = golden(method)[section][key]
+    lr = record["optim"]["lr"]
+    assert set(record["lr_by_epoch"]) == {"10", str(record["optim"]["max_epoch"])}
+    for epochs, table in record["lr_by_epoch"].items():
+        assert table[0] == [record["optim"]["warmup_cons_lr"]] and max(row[0] for row in table) == lr
+        _assert_schedule(_dipclip_lrs(OptimConfig(lr=lr), int(epochs), [1.0]), table, f"{method} {key} E={epochs}")
+
+
 def test_lr_schedule_warmup_epoch_is_the_constant_warmup_lr():
     """What already agrees: epoch 0 at WARMUP_CONS_LR, the peak lr of the recipe afterwards."""
     case = golden("coop")["cases"]["ctxv1"]
@@ -440,9 +463,12 @@ def wide_backbone(tmp_path_factory, one_thread):
     return load_backbone(None, str(path), device="cpu")
 
 
-def test_maple_logits_loss_gradients_and_updates(wide_backbone, data):
-    """Cross-dataset recipe (depth 3): dipclip's MaPLe from the same fixed projections and deep prompts."""
-    case = golden("maple")["cases"]["cross_datasets"]
+@pytest.mark.parametrize("case_name", ["cross_datasets", "cross_datasets_depth2"])
+def test_maple_logits_loss_gradients_and_updates(wide_backbone, data, case_name):
+    """Cross-dataset recipe (depth 3, every layer of the testbed) and the same at depth 2 (the last layer
+    keeps the tokens it is given): dipclip's MaPLe from the same fixed projections and deep prompts."""
+    case = golden("maple")["cases"][case_name]
+    assert case["depth"] == (3 if case_name == "cross_datasets" else 2)
     images, _, batches = data
     method = get_method("maple")
     model = method.build(wide_backbone, tiny.CLASSNAMES, method.prompt_config(n_ctx=2, init_text="a photo of a",
@@ -499,12 +525,15 @@ def _promptsrc_names(depth: int) -> dict[str, str]:
     return {ours: PROMPTSRC_PREFIX + theirs for ours, theirs in names.items()}
 
 
-def test_promptsrc_frozen_features_logits_loss_gradients_updates_and_gpa(backbone, data):
+@pytest.mark.parametrize(("case_name", "depth"), [("cross_datasets_e2", 3), ("cross_datasets_e2_depth2", 2)])
+def test_promptsrc_frozen_features_logits_loss_gradients_updates_and_gpa(backbone, data, case_name, depth):
     """Cross-dataset recipe (depth 3+3, losses 25/10), 2 epochs with the GPA model loaded at the end; dipclip
-    aggregates with GPA_MEAN 6, GPA_STD 10 over E = 2, as the official run."""
+    aggregates with GPA_MEAN 6, GPA_STD 10 over E = 2, as the official run. Also at depth 2+2, below the
+    testbed's 3 layers (the last layer of each tower keeps the tokens it is given)."""
     from dipclip.methods import promptsrc as promptsrc_module
 
-    case = golden("promptsrc")["cases"]["cross_datasets_e2"]
+    case = golden("promptsrc")["cases"][case_name]
+    assert case.get("depth_text", 3) == case.get("depth_vision", 3) == depth
     assert case["gpa_loaded"]
     images, _, batches = data
     assert list(promptsrc_module.PROMPTSRC_TEMPLATES) == case["templates"]
@@ -512,9 +541,9 @@ def test_promptsrc_frozen_features_logits_loss_gradients_updates_and_gpa(backbon
     assert (method.text_weight, method.image_weight) == (case["text_loss_weight"], case["image_loss_weight"])
     gpa = golden("promptsrc")["configs"]["vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets"]
     model = method.build(backbone, tiny.CLASSNAMES, method.prompt_config(
-        n_ctx=4, init_text="a photo of a", prompt_depth=3, gpa_mean=gpa["gpa_mean"], gpa_std=gpa["gpa_std"]))
+        n_ctx=4, init_text="a photo of a", prompt_depth=depth, gpa_mean=gpa["gpa_mean"], gpa_std=gpa["gpa_std"]))
     assert_close(method.frozen_text(model), case["frozen_text_features"], "frozen text features", LOGIT_TOL, LOGIT_TOL)
-    names = _promptsrc_names(3)
+    names = _promptsrc_names(depth)
     named = dict(model.named_parameters())
     assert set(names) == {n for n, p in named.items() if p.requires_grad}
     assert_close(named["context.ctx"], case["learned"][names["context.ctx"]]["init"], "PromptSRC text init", 0.0)
@@ -596,13 +625,114 @@ def test_dept_lr_schedule_of_both_groups():
         _assert_schedule(_dipclip_lrs(optim, int(epochs), [1.0, case["lr_exp"]]), table, f"E={epochs}")
 
 
-def test_dept_keeps_its_head_on_imagenet_with_all_classes():
+def _dept_from_official_init(backbone, train_names: list[str], learned_init: dict):
+    """dipclip's DePT over ``train_names``, started from the official tensors ``learned_init`` recorded."""
+    method = get_method("dept")
+    model = method.build(backbone, list(train_names), method.prompt_config(n_ctx=16, init_text=""))
+    named = dict(model.named_parameters())
+    for ours, theirs in DEPT_NAMES.items():
+        load_official_init(named[ours], learned_init[DEPT_PREFIX + theirs], {}, theirs)
+    return model.eval()
+
+
+def test_dept_keeps_its_head_on_imagenet_with_all_classes(backbone, data):
     """DePT's code keeps the linear head for a dataset named ImageNet* with SUBSAMPLE_CLASSES all (the
-    cross-dataset source); the head has one row per training class."""
+    cross-dataset source): one row per training class, and the fused logits; dipclip, from the same tensors
+    on the same classes, keeps its head on and gives the same logits."""
     case = golden("dept")["cases"]["imagenet_all"]
-    assert case["head_shape"] == [len(tiny.CLASSNAMES), tiny.EMBED_DIM]
-    base = golden("dept")["cases"]["base"]
-    assert case["logits_step0"] == base["logits_step0"]  # the same fused path as base-to-new training classes
+    assert case["subsample"] == "all" and case["head_shape"] == [len(tiny.CLASSNAMES), tiny.EMBED_DIM]
+    images, _, _ = data
+    model = _dept_from_official_init(backbone, tiny.CLASSNAMES, case["learned_init"])
+    model.set_classnames(list(tiny.CLASSNAMES))  # evaluation on the source's own classes
+    assert model.head_active and model.head.weight.shape == (len(tiny.CLASSNAMES), tiny.EMBED_DIM)
+    with torch.no_grad():
+        logits = model.logits(model_inputs(model, images[: tiny.BATCH]))
+    assert_close(logits, case["logits_step0"], "fused logits on ImageNet (all classes)", LOGIT_TOL, LOGIT_TOL)
+
+
+@pytest.mark.parametrize("case_name", ["imagenet_r_clipped", "imagenet_r_repeated_name"])
+def test_dept_clips_its_head_to_imagenet_r_as_the_authors_load_model_does(backbone, data, case_name):
+    """The authors' load_model keeps the head rows of the wnid folders an ImageNet-R folder holds (run by
+    their code on a small layout); dipclip, from the same tensors, matches the target's class names to its
+    training classes and keeps the same rows and the same fused logits, also when two training classes share
+    a name (as CLIP's ImageNet names "missile" and "sunglasses" do) and the folder decides which is meant."""
+    from dipclip.methods.dept import head_rows
+
+    case = golden("dept")["cases"][case_name]
+    images, _, _ = data
+    assert head_rows(case["train_classnames"], case["target_classnames"]).tolist() == case["rows"]
+    model = _dept_from_official_init(backbone, case["train_classnames"], case["learned_init"])
+    model.set_classnames(case["target_classnames"])
+    assert model.head_active and model.rows.tolist() == case["rows"]
+    with torch.no_grad():
+        logits = model.logits(model_inputs(model, images[: tiny.BATCH]))
+    assert_close(logits, case["logits"], f"fused logits on {case_name}", LOGIT_TOL, LOGIT_TOL)
+
+
+def _folder_rows(wnids: list[str], present: set[str]) -> list[int]:
+    """The authors' rule (DePT ``elp_coop.py`` load_model): a mask over the source's classnames.txt order,
+    true for the wnids present as folders in the target; the kept rows in that order."""
+    return [i for i, wnid in enumerate(wnids) if wnid in present]
+
+
+# CLIP's ImageNet names (CoOp's classnames.txt) repeat "missile" and "sunglasses"; wnid order, as the file
+IMAGENET_EXCERPT = {"n03770679": "minivan", "n03773504": "missile", "n03775071": "mitten", "n03983396": "pop bottle",
+                    "n04008634": "missile", "n04033901": "quill", "n04355933": "sunglasses",
+                    "n04356056": "sunglasses", "n04357314": "sunscreen"}
+
+
+def _imagenet_layout(root: Path, present: set[str]) -> None:
+    """dipclip's ImageNet layout (classnames.txt + wnid folders) for the excerpt, and ImageNet-A and -R
+    folders holding the ``present`` wnids (and the README.txt both ship)."""
+    from PIL import Image
+
+    def image(path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (90, 20, 20)).save(path)
+
+    lines = "".join(f"{w} {n}\n" for w, n in IMAGENET_EXCERPT.items())
+    (root / "imagenet").mkdir(parents=True)
+    (root / "imagenet" / "classnames.txt").write_text(lines)
+    for split in ("train", "val"):
+        for wnid in IMAGENET_EXCERPT:
+            image(root / "imagenet" / "images" / split / wnid / f"{wnid}.JPEG")
+    for folder, image_dir in (("imagenet-adversarial", "imagenet-a"), ("imagenet-rendition", "imagenet-r")):
+        (root / folder / image_dir).mkdir(parents=True)
+        (root / folder / "classnames.txt").write_text(lines)
+        (root / folder / image_dir / "README.txt").write_text("not a class\n")
+        for wnid in present:
+            image(root / folder / image_dir / wnid / "0.jpg")
+
+
+@pytest.mark.parametrize("present", [(0, 1, 2, 5, 8), (3, 4, 5), (0, 1, 2, 3, 4, 5, 6, 7, 8), (2, 5)])
+def test_dept_head_rows_by_name_are_the_authors_rows_by_folder(tmp_path, present):
+    """On the ImageNet layouts dipclip reads, with CLIP's repeated names, the head rows matched by name are
+    the rows the authors keep by folder, for ImageNet-A and -R: a repeated name is settled by the class
+    order around it (ImageNet-R holds the first "missile", n03773504, between "mailbox" and "mitten")."""
+    from dipclip.data.datasets import load_dataset
+    from dipclip.methods.dept import head_rows
+
+    wnids = list(IMAGENET_EXCERPT)
+    chosen = {wnids[i] for i in present}
+    _imagenet_layout(tmp_path, chosen)
+    source = load_dataset(tmp_path, "imagenet")
+    assert source.classnames == list(IMAGENET_EXCERPT.values())
+    for key in ("imagenet_a", "imagenet_r"):
+        target = load_dataset(tmp_path, key)
+        assert head_rows(source.classnames, target.classnames).tolist() == _folder_rows(wnids, chosen), key
+
+
+def test_dept_head_rows_refuse_a_repeated_name_the_order_cannot_settle(tmp_path):
+    """One "sunglasses" between "quill" and "sunscreen" could be either wnid: the folder knows, the names do
+    not, so dipclip refuses rather than guess (no ImageNet-A/R class is such a case)."""
+    from dipclip.data.datasets import load_dataset
+    from dipclip.errors import DipclipError
+    from dipclip.methods.dept import head_rows
+
+    _imagenet_layout(tmp_path, {"n04033901", "n04356056", "n04357314"})
+    source, target = load_dataset(tmp_path, "imagenet"), load_dataset(tmp_path, "imagenet_r")
+    with pytest.raises(DipclipError, match="'sunglasses' occurs more than once"):
+        head_rows(source.classnames, target.classnames)
 
 
 def test_maple_deep_projections_start_as_copies_of_one_linear(wide_backbone):
@@ -641,44 +771,131 @@ def test_optimiser_settings_are_the_official_ones(method_name):
 # ------------------------------------------------------------------------------------------- recipes
 
 
-def _official_recipe(method: str, protocol: str) -> dict:
-    """The values the authors' config files gave, as their own yacs/Dassl read them (recorded in golden)."""
-    def common(optim: dict) -> dict:
-        return {"train.epochs": optim["max_epoch"], "train.batch_size": optim["batch_size"], "optim.lr": optim["lr"],
-                "optim.momentum": optim["momentum"], "optim.weight_decay": optim["weight_decay"],
-                "optim.warmup_epochs": optim["warmup_epoch"], "optim.warmup_lr": optim["warmup_cons_lr"]}
+def _common(optim: dict) -> dict:
+    return {"train.epochs": optim["max_epoch"], "train.batch_size": optim["batch_size"], "optim.lr": optim["lr"],
+            "optim.momentum": optim["momentum"], "optim.weight_decay": optim["weight_decay"],
+            "optim.warmup_epochs": optim["warmup_epoch"], "optim.warmup_lr": optim["warmup_cons_lr"]}
 
-    if method in ("coop", "cocoop", "kgcoop", "dept"):
-        file, case = {"coop": ("coop", "ctxv1"), "cocoop": ("cocoop", "c4_ctxv1"), "kgcoop": ("kgcoop", "OxfordPets"),
-                      "dept": ("dept", "base")}[method]
+
+def _coop_style(config: dict) -> dict:
+    """A CoOp-style config as its trainer reads it: with an init text, n_ctx is its word count (coop.py);
+    without one, N_CTX tokens drawn at random."""
+    init = config["ctx_init"] or None
+    n_ctx = len(init.split(" ")) if isinstance(init, str) else config["n_ctx"]
+    return _common(config["optim"]) | {"prompt.n_ctx": n_ctx, "prompt.class_position": config["class_token_position"],
+                                       "prompt.class_specific": config["csc"]}
+
+
+def _script(method: str, path: str) -> dict:
+    return golden(method)["scripts"][path]
+
+
+# Which config (and shots) the authors' own commands use for a protocol, dataset and shot count:
+# CoOp: COOP.md (few-shot: ep50 at 1 shot, ep100 at 2-4, the 200-epoch config at 8-16, *_ep50 on ImageNet
+# "for all settings") and scripts/cocoop/{base2new,xd}_train.sh's CoOp lines (ctxv1; ep50_ctxv1 on ImageNet);
+# ProGrad: its README's commands (the same per-shot configs; rn50_ep50 on ImageNet) and scripts/eval.sh;
+# KgCoOp: scripts/xd_train.sh, its one all-class script; DePT: configs.py's runner settings.
+def _coop_config(protocol: str, dataset: str, shots: int) -> str:
+    if protocol == "fewshot":
+        return "vit_b16_ep50" if dataset == "imagenet" or shots == 1 else "vit_b16_ep100" if shots in (2, 4) \
+            else "vit_b16"
+    return "vit_b16_ep50_ctxv1" if protocol == "xd" or dataset == "imagenet" else "vit_b16_ctxv1"
+
+
+def _prograd_config(protocol: str, dataset: str, shots: int) -> str:
+    if protocol == "base2new":
+        return "rn50_ep50" if dataset == "imagenet" else "rn50_ep100"
+    if protocol == "xd" or dataset == "imagenet":
+        return "rn50_ep50"
+    return "rn50_ep50" if shots == 1 else "rn50_ep100" if shots in (2, 4) else "rn50"
+
+
+def _official_recipe(method: str, protocol: str, dataset: str, shots: int) -> dict:
+    """The values the authors' config files and scripts gave, as their own yacs/Dassl read them (recorded in
+    golden), and ``shots``: the shot count their script trains the cross-dataset source on."""
+    if method == "coop":
+        values = _coop_style(golden("coop")["configs"][_coop_config(protocol, dataset, shots)])
+        values["prompt.init_text"] = golden("coop")["configs"][_coop_config(protocol, dataset, shots)]["ctx_init"] or None
+        if protocol == "xd":
+            values["shots"] = int(_script("coop", "scripts/cocoop/xd_train.sh")["SHOTS"])
+        return values
+    if method == "prograd":
+        config = golden("prograd")["configs"][_prograd_config(protocol, dataset, shots)]
+        values = _common(config["optim"]) | {"prompt.n_ctx": config["n_ctx"], "method.prograd_lambda": config["lambda"],
+                                             "prompt.class_position": config["class_token_position"],
+                                             "prompt.class_specific": config["csc"]}
+        if protocol == "xd" or (protocol == "fewshot" and dataset == "imagenet"):
+            # the source eval.sh loads: --load-epoch must be the model's last epoch (Dassl saves no other)
+            assert int(_script("prograd", "scripts/eval.sh")["--load-epoch"]) == config["optim"]["max_epoch"]
+        if protocol == "xd":
+            values["shots"] = int(_script("prograd", "scripts/eval.sh")["SHOTS"])
+        return values
+    if method == "kgcoop" and protocol != "base2new":
+        config = golden("kgcoop")["configs"]["vit_b16_ep100_ctxv1/xd_train"]
+        script = _script("kgcoop", "scripts/xd_train.sh")
+        assert (script["CFG"], int(script["NCTX"]), float(script["WEIGHT"])) == \
+            ("vit_b16_ep100_ctxv1", config["n_ctx"], config["w"])
+        values = _common(config["optim"]) | {"prompt.n_ctx": config["n_ctx"], "method.kg_weight": config["w"],
+                                             "prompt.class_position": config["class_token_position"],
+                                             "prompt.class_specific": config["csc"]}
+        if protocol == "xd":
+            values["shots"] = int(script["SHOTS"])
+        return values
+    if method in ("cocoop", "kgcoop", "dept"):
+        file, case = {"cocoop": ("cocoop", "c4_ctxv1"), "kgcoop": ("kgcoop", "OxfordPets"), "dept": ("dept", "base")}[method]
         entry = golden(file)["cases"][case]
         ctx = next(v for k, v in entry["learned"].items() if k.endswith("prompt_learner.ctx"))
-        values = common(entry["optim"]) | {"prompt.n_ctx": ctx["init"]["shape"][-2]}
+        values = _common(entry["optim"]) | {"prompt.n_ctx": ctx["init"]["shape"][-2]}
         if method == "kgcoop":
             values["method.kg_weight"] = entry["w"]
+        if method == "cocoop" and protocol == "xd":
+            values["shots"] = int(_script("coop", "scripts/cocoop/xd_train.sh")["SHOTS"])
+        if method == "dept" and protocol == "xd":
+            values["shots"] = golden("dept")["runner"]["coop_dept"]["shots"]
         return values
     if method == "maple":
         entry = golden("maple")["cases"]["base_to_new" if protocol == "base2new" else "cross_datasets"]
         n_ctx = entry.get("n_ctx") or entry["learned"]["MultiModalPromptLearner.prompt_learner.ctx"]["init"]["shape"][0]
-        return common(entry["optim"]) | {"prompt.prompt_depth": entry["depth"], "prompt.n_ctx": n_ctx}
+        values = _common(entry["optim"]) | {"prompt.prompt_depth": entry["depth"], "prompt.n_ctx": n_ctx}
+        if protocol == "xd":
+            values["shots"] = int(_script("maple", "scripts/maple/xd_train_maple.sh")["SHOTS"])
+        return values
     name = {"base2new": "vit_b16_c2_ep20_batch4_4+4ctx", "xd": "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets",
             "fewshot": "vit_b16_c2_ep50_batch4_4+4ctx_few_shot"}[protocol]
     entry = golden("promptsrc")["configs"][name]
     assert entry["depth_text"] == entry["depth_vision"] and entry["n_ctx_vision"] == 4
-    return common(entry["optim"]) | {"prompt.prompt_depth": entry["depth_text"], "prompt.n_ctx": entry["n_ctx_text"],
-                                     "method.gpa_mean": entry["gpa_mean"], "method.gpa_std": entry["gpa_std"]}
+    values = _common(entry["optim"]) | {"prompt.prompt_depth": entry["depth_text"], "prompt.n_ctx": entry["n_ctx_text"],
+                                        "method.gpa_mean": entry["gpa_mean"], "method.gpa_std": entry["gpa_std"]}
+    if protocol == "xd":
+        values["shots"] = int(_script("promptsrc", "scripts/promptsrc/xd_train.sh")["SHOTS"])
+    return values
 
 
-@pytest.mark.parametrize(("method", "protocol", "dataset"), [
-    ("coop", "base2new", None), ("cocoop", "base2new", None), ("kgcoop", "base2new", None),
-    ("maple", "base2new", None), ("maple", "xd", None), ("promptsrc", "base2new", None), ("promptsrc", "xd", None),
-    ("promptsrc", "fewshot", "oxford_pets"), ("dept", "base2new", None)])
-def test_recipe_is_the_authors_config(method, protocol, dataset):
-    """dipclip's shipped recipe has every number the authors' config file sets (the few-shot PromptSRC yaml's
-    GPA 30/30 is the one its docs give Pets, among others)."""
-    from dipclip.recipes import resolve_recipe
+RECIPE_CASES = [
+    ("coop", "base2new", "dtd", 16), ("coop", "base2new", "imagenet", 16),
+    *[("coop", "fewshot", "dtd", k) for k in (1, 2, 4, 8, 16)], ("coop", "fewshot", "imagenet", 4),
+    ("coop", "xd", "imagenet", 16),
+    ("cocoop", "base2new", "dtd", 16), ("cocoop", "xd", "imagenet", 16),
+    ("kgcoop", "base2new", "dtd", 16), ("kgcoop", "fewshot", "dtd", 4), ("kgcoop", "xd", "imagenet", 4),
+    ("prograd", "base2new", "dtd", 16), ("prograd", "base2new", "imagenet", 16),
+    *[("prograd", "fewshot", "dtd", k) for k in (1, 2, 4)], ("prograd", "fewshot", "caltech101", 16),
+    ("prograd", "fewshot", "imagenet", 4), ("prograd", "fewshot", "imagenet", 16), ("prograd", "xd", "imagenet", 4),
+    ("maple", "base2new", "dtd", 16), ("maple", "xd", "imagenet", 16),
+    ("promptsrc", "base2new", "dtd", 16), ("promptsrc", "xd", "imagenet", 16), ("promptsrc", "fewshot", "oxford_pets", 16),
+    ("dept", "base2new", "dtd", 16), ("dept", "xd", "imagenet", 16),
+]
 
-    recipe = resolve_recipe(method, protocol, dataset)
-    official = _official_recipe(method, protocol)
-    ours = {key: recipe.get(key) for key in official}
+
+@pytest.mark.parametrize(("method", "protocol", "dataset", "shots"), RECIPE_CASES)
+def test_recipe_is_the_authors_config(method, protocol, dataset, shots):
+    """dipclip's shipped recipe has every number the authors' config file and script set for that protocol,
+    dataset and shot count (the few-shot PromptSRC yaml's GPA 30/30 is the one its docs give Pets, among
+    others), and, for the cross-dataset source, the shots their script trains it on."""
+    from dipclip.recipes import recipe_shots, resolve_recipe
+
+    recipe = resolve_recipe(method, protocol, dataset, shots)
+    official = _official_recipe(method, protocol, dataset, shots)
+    ours = {key: (recipe.shots if key == "shots" else recipe.get(key)) for key in official}
     assert ours == official
+    if protocol == "xd":
+        assert recipe_shots(method, "xd") == recipe_shots(method, "dg") == official["shots"]

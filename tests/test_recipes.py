@@ -45,10 +45,42 @@ def test_every_method_has_a_recipe_for_every_protocol_with_a_source():
     ("promptsrc", "xd", "imagenet", 16, {"train.epochs": 20, "prompt.prompt_depth": 3}),
     ("dept", "base2new", "dtd", 16, {"train.epochs": 10, "train.batch_size": 4, "optim.lr": 0.0035,
                                      "prompt.n_ctx": 16, "prompt.init_text": None}),
+    # ProGrad on ImageNet: rn50_ep50 (README: base-to-new CFG and LOADEP; eval.sh loads epoch 50)
+    ("prograd", "base2new", "imagenet", 16, {"train.epochs": 50}),
+    ("prograd", "fewshot", "imagenet", 1, {"train.epochs": 50}),
+    ("prograd", "fewshot", "imagenet", 16, {"train.epochs": 50, "method.prograd_lambda": 1.0}),
+    ("prograd", "xd", "imagenet", 4, {"train.epochs": 50, "train.batch_size": 32, "prompt.n_ctx": 16}),
+    ("kgcoop", "xd", "imagenet", 4, {"train.epochs": 100, "train.batch_size": 128, "method.kg_weight": 8.0}),
 ])
 def test_published_values(method, protocol, dataset, shots, expected):
     recipe = resolve_recipe(method, protocol, dataset, shots)
     assert {key: recipe.get(key, "missing") for key in expected} == expected
+
+
+def test_recipe_shots_are_the_authors_source_shots():
+    """ProGrad's and KgCoOp's cross-dataset / domain-generalisation source trains on 4 shots (ProGrad's
+    eval.sh and README; KgCoOp's xd_train.sh); every other method's script on 16. Few-shot sweeps its K list
+    and base-to-new keeps the protocol's 16: no recipe fixes them."""
+    from dipclip.recipes import recipe_shots
+
+    for method in recipe_methods():
+        expected = 4 if method in ("prograd", "kgcoop") else 16
+        assert recipe_shots(method, "xd") == recipe_shots(method, "dg") == expected, method
+        assert resolve_recipe(method, "dg").shots == expected
+        assert recipe_shots(method, "fewshot") is None and recipe_shots(method, "base2new") is None
+    assert recipe_shots("prograd+dip", "xd") == 4 and recipe_shots("zeroshot", "xd") is None
+    with pytest.raises(DipclipError, match="unknown recipe"):
+        recipe_shots("coop", "b2n")
+
+
+@pytest.mark.parametrize("shots", [0, -4, 2.5, "4", True])
+def test_a_recipe_with_bad_shots_is_refused(shots):
+    from dipclip.recipes import _check
+
+    raw = {"protocols": {p: {} for p in RECIPE_PROTOCOLS}}
+    raw["protocols"]["xd"]["shots"] = shots
+    with pytest.raises(DipclipError, match="shots must be an integer >= 1"):
+        _check(raw, "broken")
 
 
 def test_dip_variants_read_their_base_methods_recipe():

@@ -2,7 +2,8 @@
 
 - ``base2new``: train on the base half of each dataset's classes (16 shots), test on base and on new.
 - ``fewshot``: K in {1, 2, 4, 8, 16} shots, all classes, test accuracy.
-- ``xd`` (cross-dataset): train on ImageNet (all classes, 16 shots), test on the other 10 datasets.
+- ``xd`` (cross-dataset): train on ImageNet (all classes, the recipe's shots: 16, or 4 for ProGrad and
+  KgCoOp as their scripts train), test on the other 10 datasets.
 - ``dg`` (domain generalisation): the same ImageNet model on ImageNet-V2, -Sketch, -A and -R.
 
 Runs live in ``OUT/{protocol}/{dataset}/shots_{K}/{method}/seed{S}/``. Each method trains with its own
@@ -35,11 +36,12 @@ from .engine.locking import output_lock
 from .engine.reproducibility import atomic_write_bytes, atomic_write_json
 from .errors import DipclipError
 from .methods import method_names
-from .recipes import PROTOCOL_OF
+from .recipes import PROTOCOL_OF, recipe_shots
 
 PROTOCOLS = ("base2new", "fewshot", "xd", "dg")
 DEFAULT_SEEDS = (1, 2, 3)
 FEWSHOT_SHOTS = (1, 2, 4, 8, 16)
+DEFAULT_SHOTS = 16
 XD_TARGETS = tuple(k for k in TRAINABLE_KEYS if k != "imagenet")
 SOURCE = "imagenet"
 
@@ -55,7 +57,7 @@ class ProtocolConfig:
     datasets: Sequence[str]
     methods: Sequence[str] = ("zeroshot", "coop", "dip")
     seeds: Sequence[int] = DEFAULT_SEEDS
-    shots: Sequence[int] = (16,)
+    shots: Sequence[int] | None = None  # None: fewshot 1 2 4 8 16, base2new 16, xd/dg each recipe's source shots
     out: str | Path = "runs"
     model: str | None = None
     pretrained: str | None = None  # required by load_backbone; "none" for random weights
@@ -75,17 +77,17 @@ class ProtocolConfig:
             raise DipclipError("give at least one seed")
         if not self.datasets:
             raise DipclipError("give at least one dataset (--datasets KEY ... or all)")
-        if not self.shots:
+        if self.shots is not None and not self.shots:
             raise DipclipError("give at least one shot count (--shots K ...)")
         for flag, values in (("--datasets", self.datasets), ("--methods", self.methods), ("--seeds", self.seeds),
-                             ("--shots", self.shots)):
+                             ("--shots", self.shots or ())):
             repeated = sorted({str(v) for v in values if list(values).count(v) > 1})
             if repeated:
                 raise DipclipError(f"{flag} lists {', '.join(repeated)} more than once: a table row would count the "
                                    f"same run twice; give each value once")
-        if any(k < 1 for k in self.shots):
+        if any(k < 1 for k in self.shots or ()):
             raise DipclipError(f"shots must be >= 1, got {list(self.shots)}")
-        if self.protocol != "fewshot" and len(self.shots) > 1:
+        if self.protocol != "fewshot" and len(self.shots or ()) > 1:
             raise DipclipError(f"{self.protocol} trains at one shot count, got --shots {' '.join(map(str, self.shots))}; "
                                f"run one {self.protocol} command per shot count (each with its own --out), or use "
                                "fewshot for accuracy against shots")
@@ -128,6 +130,18 @@ class ProtocolRunner:
         if self._backbone is None:
             self._backbone = load_backbone(self.config.model, self.config.pretrained, device=self.config.device)
         return self._backbone
+
+    def shots_of(self, method: str) -> list[int]:
+        """The shot counts ``method`` runs at: ``--shots`` when given, else the protocol's (xd/dg: the source
+        shots of the method's recipe, e.g. ProGrad's and KgCoOp's 4, :func:`dipclip.recipes.recipe_shots`)."""
+        cfg = self.config
+        if cfg.shots is not None:
+            return list(cfg.shots)
+        if cfg.protocol == "fewshot":
+            return list(FEWSHOT_SHOTS)
+        if cfg.protocol == "base2new" or method == "zeroshot":
+            return [DEFAULT_SHOTS]
+        return [recipe_shots(method, cfg.protocol) or DEFAULT_SHOTS]
 
     def run_dir(self, dataset: str, shots: int, method: str, seed: int) -> Path:
         return self.root / dataset / f"shots_{shots}" / method / f"seed{seed}"
@@ -242,15 +256,17 @@ class ProtocolRunner:
         cfg = self.config
         out = []
         if cfg.protocol in ("base2new", "fewshot"):
-            shots_list = cfg.shots if cfg.protocol == "fewshot" else (cfg.shots[0],)
+            shot_counts = sorted({k for method in cfg.methods for k in self.shots_of(method)})
             for dataset in cfg.datasets:
-                for shots in shots_list:
+                for shots in shot_counts:
                     for method in cfg.methods:
+                        if shots not in self.shots_of(method):
+                            continue
                         for seed in cfg.seeds:
                             out.append(("run", dataset, shots, method, seed))
         else:
-            shots = cfg.shots[0]
             for method in cfg.methods:
+                shots = self.shots_of(method)[0]
                 for seed in cfg.seeds:
                     out.append(("source", SOURCE, shots, method, seed))
                     for dataset in cfg.datasets:
@@ -323,17 +339,14 @@ class ProtocolRunner:
     def summarise(self) -> dict:
         rows = self.collect()
         protocol = self.config.protocol
-        if protocol == "base2new":
-            columns = ("base", "new")
-            groups = [(d, self.config.shots[0]) for d in self.config.datasets]
-        elif protocol == "fewshot":
-            columns = ("test",)
-            groups = [(d, k) for d in self.config.datasets for k in self.config.shots]
-        else:
-            columns = ("test",)
-            groups = [(SOURCE, self.config.shots[0])] + [(d, self.config.shots[0]) for d in self.config.datasets]
+        columns = ("base", "new") if protocol == "base2new" else ("test",)
         table = []
         for method in self.config.methods:
+            counts = self.shots_of(method)
+            if protocol in ("base2new", "fewshot"):
+                groups = [(d, k) for d in self.config.datasets for k in counts]
+            else:
+                groups = [(SOURCE, counts[0])] + [(d, counts[0]) for d in self.config.datasets]
             per_group = []
             for dataset, shots in groups:
                 mine = [r for r in rows if r["method"] == method and r["dataset"] == dataset and r["shots"] == shots]

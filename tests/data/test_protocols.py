@@ -137,3 +137,18 @@ def test_cli_refuses_a_changed_rerun_in_one_line(fx, tmp_path, tiny_config_path,
     assert main([*argv, "--epochs", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("dipclip: error:") and "train.epochs 1 -> 2" in err[-1]
+
+
+def test_cross_dataset_sources_train_at_each_recipes_shots_unless_told():
+    """ProGrad's and KgCoOp's ImageNet sources train on 4 shots (their scripts' SHOTS=4), the others on 16;
+    an explicit --shots applies to every method."""
+    def source_shots(**kwargs):
+        config = ProtocolConfig(protocol="xd", data="unused", datasets=["dtd"], seeds=[1],
+                                methods=["zeroshot", "coop", "prograd", "kgcoop", "maple"], **kwargs)
+        return {m: k for kind, _, k, m, _ in ProtocolRunner(config).jobs() if kind == "source"}
+
+    assert source_shots() == {"zeroshot": 16, "coop": 16, "prograd": 4, "kgcoop": 4, "maple": 16}
+    assert set(source_shots(shots=[2]).values()) == {2}
+    few = ProtocolRunner(ProtocolConfig(protocol="fewshot", data="unused", datasets=["dtd"], seeds=[1],
+                                        methods=["prograd"]))
+    assert [k for _, _, k, _, _ in few.jobs()] == [1, 2, 4, 8, 16]

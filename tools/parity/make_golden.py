@@ -16,12 +16,16 @@ Dassl's ``build_optimizer``/``build_lr_scheduler`` from its config) and trained 
 ``<method>.json`` (logits at step 0, losses, the gradient at every optimiser step, the learned tensors
 before and after, the lr of every step and of every epoch for E = 10 and the method's own E, reference
 features) and, where a learned tensor is too large for JSON, ``<method>.init.safetensors`` with its
-initial value (the test starts dipclip from the official initial tensors).
+initial value (the test starts dipclip from the official initial tensors). Also recorded, without training:
+the configs each recipe cites as the repository's yacs reads them with its scripts' overrides (``configs``),
+the ``NAME=value`` settings of the scripts that fix shots and epochs (``scripts``), DePT's runner settings,
+and DePT's own ``load_model`` clipping its head to a small ImageNet-R folder layout.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import subprocess
@@ -230,6 +234,42 @@ def optim_record(cfg) -> dict:
             "batch_size": cfg.DATALOADER.TRAIN_X.BATCH_SIZE}
 
 
+def config_record(cfg) -> dict:
+    """What a recipe takes from a config, as yacs read it with a script's overrides: the optimiser and
+    schedule, and the prompt settings of the CoOp-style trainers (and ProGrad's LOSS.LAMBDA)."""
+    out = {"optim": optim_record(cfg)}
+    coop = cfg.TRAINER.get("COOP")
+    if coop is not None:
+        out |= {"n_ctx": coop.N_CTX, "ctx_init": coop.CTX_INIT, "csc": coop.CSC,
+                "class_token_position": coop.CLASS_TOKEN_POSITION}
+        if "W" in coop:
+            out["w"] = coop.W
+    loss = cfg.get("LOSS")
+    if loss is not None and "LAMBDA" in loss:
+        out["lambda"] = loss.LAMBDA
+    return out
+
+
+def script_settings(paths: list[str]) -> dict:
+    """The plain ``NAME=value`` assignments and ``--load-epoch`` of the authors' bash scripts (the values a
+    protocol takes from them: SHOTS, NCTX, CFG, LOADEP, ...), read as text; later assignments win."""
+    import re
+
+    out = {}
+    for path in paths:
+        values = {}
+        for line in Path(path).read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            match = re.fullmatch(r"([A-Z_][A-Z0-9_]*)=(\S+)", line)
+            if match:
+                values[match.group(1)] = match.group(2)
+            match = re.search(r"--load-epoch\s+(\S+)", line)
+            if match:
+                values["--load-epoch"] = match.group(1)
+        out[path] = values
+    return out
+
+
 def summarise_run(run: dict, init_file: dict, full_values: int = FULL_VALUES) -> dict:
     """Records of the learned tensors (init, final, update) and of every step. Tensors up to ``full_values``
     numbers are stored in full (0: summaries only, for a method whose every random init both sides rebuild);
@@ -319,6 +359,14 @@ def run_coop() -> dict:
         entry["lr_by_epoch"] = lr_tables(cfg, lambda: (torch.nn.Linear(2, 2), None), [10, cfg.OPTIM.MAX_EPOCH])
         out["cases"][case] = entry
     out["_init_file"] = init_file
+    # the configs the recipes cite, with the overrides of the script that uses each: scripts/coop/main.sh
+    # (few-shot: M=16, CSC False, end) and scripts/cocoop/{base2new,xd}_train.sh with TRAINER=CoOp (none)
+    main_sh = ["TRAINER.COOP.N_CTX", 16, "TRAINER.COOP.CSC", False, "TRAINER.COOP.CLASS_TOKEN_POSITION", "end"]
+    out["configs"] = {name: config_record(base_cfg(extend, f"configs/trainers/CoOp/{name}.yaml", overrides))
+                      for name, overrides in (("vit_b16", main_sh), ("vit_b16_ep100", main_sh), ("vit_b16_ep50", main_sh),
+                                              ("vit_b16_ctxv1", []), ("vit_b16_ep50_ctxv1", []))}
+    out["scripts"] = script_settings(["scripts/coop/main.sh", "scripts/coop/eval.sh", "scripts/cocoop/base2new_train.sh",
+                                      "scripts/cocoop/xd_train.sh"])
     return out
 
 
@@ -366,6 +414,11 @@ def run_kgcoop() -> dict:
         entry["optim"] = optim_record(cfg)
         entry["lr_by_epoch"] = lr_tables(cfg, lambda: (torch.nn.Linear(2, 2), None), [10, cfg.OPTIM.MAX_EPOCH])
         out["cases"][dataset] = entry
+    # scripts/xd_train.sh (its only all-class script, 4 shots on the 11 datasets): the config with its overrides
+    xd = base_cfg(extend, config, ["TRAINER.COOP.N_CTX", 4, "TRAINER.COOP.CSC", False, "TRAINER.COOP.W", 8.0,
+                                   "TRAINER.COOP.CLASS_TOKEN_POSITION", "end"])
+    out["configs"] = {"vit_b16_ep100_ctxv1/xd_train": config_record(xd)}
+    out["scripts"] = script_settings(["scripts/xd_train.sh", "scripts/base2new_train.sh"])
     return out
 
 
@@ -402,6 +455,14 @@ def run_prograd() -> dict:
         entry["conflict_cosine"] = cosines  # per step: cos(CE grad, KL grad) of each tensor, as the code tests it
         entry["lr_by_epoch"] = lr_tables(cfg, lambda: (torch.nn.Linear(2, 2), None), [10, cfg.OPTIM.MAX_EPOCH])
         out["cases"][case] = entry
+    # the three configs of the README's commands, with the overrides of scripts/prograd.sh (few-shot, and the
+    # ImageNet source eval.sh loads) and base2new_train_prograd.sh: N_CTX 16, CSC False, end, LAMBDA 1.0
+    script = ["TRAINER.COOP.N_CTX", 16, "TRAINER.COOP.CSC", False, "TRAINER.COOP.CLASS_TOKEN_POSITION", "end",
+              "LOSS.LAMBDA", 1.0]
+    out["configs"] = {name: config_record(base_cfg(extend, f"configs/trainers/ProGrad/{name}.yaml", script))
+                      for name in ("rn50", "rn50_ep100", "rn50_ep50")}
+    out["scripts"] = script_settings(["scripts/prograd.sh", "scripts/eval.sh", "scripts/base2new_train_prograd.sh",
+                                      "scripts/base2new_test_prograd.sh"])
     return out
 
 
@@ -435,75 +496,94 @@ def recording_cosines(trainer, cosines: list):
 
 
 def run_maple() -> dict:
-    """Cross-dataset config (depth 3, lr 0.0026, 2 epochs) on the wide testbed (MaPLe hard-codes 512/768)."""
+    """Cross-dataset config (depth 3, lr 0.0026, 2 epochs) on the wide testbed (MaPLe hard-codes 512/768), and
+    the same at depth 2 (below the testbed's 3 layers, where the last layer keeps its input tokens)."""
     import torch
     from trainers import maple
 
     extend = extend_cfg_of_repo()
     _, _, images0, _ = images_and_labels()
     config = "configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx_cross_datasets.yaml"
-    cfg = base_cfg(extend, config, ["DATASET.NAME", "ImageNet", "TRAINER.MAPLE.PREC", "fp32"])
-    trainer = build_trainer(maple.MaPLe, cfg, tiny_clip.CLASSNAMES)
-    learner = trainer.model.prompt_learner
-    projections = learner.compound_prompt_projections
-    structure = {"deep_projections_identical": all(torch.equal(projections[0].weight, p.weight) and
-                                                   torch.equal(projections[0].bias, p.bias) for p in projections),
-                 "first_projection_differs": not torch.equal(learner.proj.weight, projections[0].weight),
-                 "compound_prompts_std": torch.stack(list(learner.compound_prompts_text)).std().item()}
-    # the random inits (1.2M numbers) are replaced by fixed draws both sides can make, keeping their structure:
-    # the layer-0 map its own, the deep maps one shared draw (copies), deep text prompts N(0, 0.02)
-    overrides = {"proj.weight": ("maple.proj.weight", learner.proj.weight),
-                 "proj.bias": ("maple.proj.bias", learner.proj.bias)}
-    for i, (p, prompt) in enumerate(zip(projections, learner.compound_prompts_text, strict=True)):
-        overrides[f"compound_prompt_projections.{i}.weight"] = ("maple.deep_proj.weight", p.weight)
-        overrides[f"compound_prompt_projections.{i}.bias"] = ("maple.deep_proj.bias", p.bias)
-        overrides[f"compound_prompts_text.{i}"] = (f"maple.compound_prompts_text.{i}", prompt)
-    with torch.no_grad():
-        for key, param in overrides.values():
-            param.copy_(tiny_clip.init_draw(key, tuple(param.shape)))
-    trainer.set_model_mode("eval")
-    with torch.no_grad():
-        logits = trainer.model(images0)
-    entry = {"config": config, "logits_step0": record(logits), "max_epoch": cfg.OPTIM.MAX_EPOCH, "lr": cfg.OPTIM.LR,
-             "batch_size": cfg.DATALOADER.TRAIN_X.BATCH_SIZE, "depth": cfg.TRAINER.MAPLE.PROMPT_DEPTH,
-             "official_init": structure, "init_overrides": {k: v[0] for k, v in overrides.items()}}
-    init_file: dict = {}
-    entry |= summarise_run(train(trainer), init_file, full_values=0)
-    entry["optim"] = optim_record(cfg)
-    entry["lr_by_epoch"] = lr_tables(cfg, lambda: (torch.nn.Linear(2, 2), None), [10, cfg.OPTIM.MAX_EPOCH])
+    out: dict = {"cases": {}, "_init_file": {}}
+    for case, extra in (("cross_datasets", []), ("cross_datasets_depth2", ["TRAINER.MAPLE.PROMPT_DEPTH", 2])):
+        cfg = base_cfg(extend, config, ["DATASET.NAME", "ImageNet", "TRAINER.MAPLE.PREC", "fp32", *extra])
+        trainer = build_trainer(maple.MaPLe, cfg, tiny_clip.CLASSNAMES)
+        learner = trainer.model.prompt_learner
+        projections = learner.compound_prompt_projections
+        structure = {"deep_projections_identical": all(torch.equal(projections[0].weight, p.weight) and
+                                                       torch.equal(projections[0].bias, p.bias) for p in projections),
+                     "first_projection_differs": not torch.equal(learner.proj.weight, projections[0].weight),
+                     "compound_prompts_std": torch.stack(list(learner.compound_prompts_text)).std().item()}
+        # the random inits (1.2M numbers) are replaced by fixed draws both sides can make, keeping their
+        # structure: the layer-0 map its own, the deep maps one shared draw (copies), deep text prompts N(0, 0.02)
+        overrides = {"proj.weight": ("maple.proj.weight", learner.proj.weight),
+                     "proj.bias": ("maple.proj.bias", learner.proj.bias)}
+        for i, (p, prompt) in enumerate(zip(projections, learner.compound_prompts_text, strict=True)):
+            overrides[f"compound_prompt_projections.{i}.weight"] = ("maple.deep_proj.weight", p.weight)
+            overrides[f"compound_prompt_projections.{i}.bias"] = ("maple.deep_proj.bias", p.bias)
+            overrides[f"compound_prompts_text.{i}"] = (f"maple.compound_prompts_text.{i}", prompt)
+        with torch.no_grad():
+            for key, param in overrides.values():
+                param.copy_(tiny_clip.init_draw(key, tuple(param.shape)))
+        trainer.set_model_mode("eval")
+        with torch.no_grad():
+            logits = trainer.model(images0)
+        entry = {"config": config, "overrides": [str(o) for o in extra], "logits_step0": record(logits),
+                 "max_epoch": cfg.OPTIM.MAX_EPOCH, "lr": cfg.OPTIM.LR, "batch_size": cfg.DATALOADER.TRAIN_X.BATCH_SIZE,
+                 "depth": cfg.TRAINER.MAPLE.PROMPT_DEPTH, "official_init": structure,
+                 "init_overrides": {k: v[0] for k, v in overrides.items()}}
+        init_file: dict = {}
+        entry |= summarise_run(train(trainer), init_file, full_values=0)
+        entry["optim"] = optim_record(cfg)
+        entry["lr_by_epoch"] = lr_tables(cfg, lambda: (torch.nn.Linear(2, 2), None), [10, cfg.OPTIM.MAX_EPOCH])
+        if not extra:
+            entry.pop("overrides")  # the published config as it is (the file's first case)
+        out["cases"][case] = entry
+        out["_init_file"] |= {f"{case}/{k}": v for k, v in init_file.items()}
     b2n = base_cfg(extend, "configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml", [])
-    base_to_new = {"optim": optim_record(b2n), "max_epoch": b2n.OPTIM.MAX_EPOCH, "lr": b2n.OPTIM.LR, "batch_size": b2n.DATALOADER.TRAIN_X.BATCH_SIZE,
-                   "depth": b2n.TRAINER.MAPLE.PROMPT_DEPTH, "n_ctx": b2n.TRAINER.MAPLE.N_CTX,
-                   "lr_by_epoch": lr_tables(b2n, lambda: (torch.nn.Linear(2, 2), None), [10, b2n.OPTIM.MAX_EPOCH])}
-    return {"cases": {"cross_datasets": entry, "base_to_new": base_to_new},
-            "_init_file": {f"cross_datasets/{k}": v for k, v in init_file.items()}}
+    out["cases"]["base_to_new"] = {
+        "optim": optim_record(b2n), "max_epoch": b2n.OPTIM.MAX_EPOCH, "lr": b2n.OPTIM.LR,
+        "batch_size": b2n.DATALOADER.TRAIN_X.BATCH_SIZE, "depth": b2n.TRAINER.MAPLE.PROMPT_DEPTH,
+        "n_ctx": b2n.TRAINER.MAPLE.N_CTX,
+        "lr_by_epoch": lr_tables(b2n, lambda: (torch.nn.Linear(2, 2), None), [10, b2n.OPTIM.MAX_EPOCH])}
+    out["scripts"] = script_settings(["scripts/maple/xd_train_maple.sh"])
+    return out
 
 
 def run_promptsrc() -> dict:
     """Cross-dataset config (depth 3+3, GPA 6/10) trained for MAX_EPOCH 2, so the GPA model is loaded at the
-    end as in a full run; GPA weights recorded for every config at its own E."""
+    end as in a full run, and the same at depth 2+2 (below the testbed's 3 layers); GPA weights recorded for
+    every config at its own E."""
     import torch
     from trainers import promptsrc
 
     extend = extend_cfg_of_repo()
     _, _, images0, _ = images_and_labels()
     config = "configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets.yaml"
-    cfg = base_cfg(extend, config, ["DATASET.NAME", "ImageNet", "TRAINER.PROMPTSRC.PREC", "fp32",
-                                    "OPTIM.MAX_EPOCH", tiny_clip.TRAIN_EPOCHS])
-    trainer = build_trainer(promptsrc.PromptSRC, cfg, tiny_clip.CLASSNAMES)
-    trainer.set_model_mode("eval")
-    with torch.no_grad():
-        logits = trainer.model(images0)
-    learner = trainer.model.prompt_learner
-    fixed = learner.fixed_embeddings / learner.fixed_embeddings.norm(dim=-1, keepdim=True)
-    entry = {"config": config, "logits_step0": record(logits), "lr": cfg.OPTIM.LR,
-             "templates": list(promptsrc.IMAGENET_TEMPLATES), "frozen_text_features": record(fixed),
-             "gpa_weights_train": [float(w) for w in trainer.gauss],
-             "text_loss_weight": cfg.TRAINER.PROMPTSRC.TEXT_LOSS_WEIGHT,
-             "image_loss_weight": cfg.TRAINER.PROMPTSRC.IMAGE_LOSS_WEIGHT}
-    entry |= summarise_run(train(trainer), {})
-    entry["optim"] = optim_record(cfg)
-    entry["gpa_loaded"] = trainer.step_counter == trainer.model.total_epochs + 1
+    cases = {}
+    for case, extra in (("cross_datasets_e2", []),
+                        ("cross_datasets_e2_depth2", ["TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT", 2,
+                                                      "TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION", 2])):
+        cfg = base_cfg(extend, config, ["DATASET.NAME", "ImageNet", "TRAINER.PROMPTSRC.PREC", "fp32",
+                                        "OPTIM.MAX_EPOCH", tiny_clip.TRAIN_EPOCHS, *extra])
+        trainer = build_trainer(promptsrc.PromptSRC, cfg, tiny_clip.CLASSNAMES)
+        trainer.set_model_mode("eval")
+        with torch.no_grad():
+            logits = trainer.model(images0)
+        learner = trainer.model.prompt_learner
+        fixed = learner.fixed_embeddings / learner.fixed_embeddings.norm(dim=-1, keepdim=True)
+        entry = {"config": config, "logits_step0": record(logits), "lr": cfg.OPTIM.LR,
+                 "templates": list(promptsrc.IMAGENET_TEMPLATES), "frozen_text_features": record(fixed),
+                 "gpa_weights_train": [float(w) for w in trainer.gauss],
+                 "text_loss_weight": cfg.TRAINER.PROMPTSRC.TEXT_LOSS_WEIGHT,
+                 "image_loss_weight": cfg.TRAINER.PROMPTSRC.IMAGE_LOSS_WEIGHT}
+        if extra:
+            entry |= {"overrides": [str(o) for o in extra], "depth_text": cfg.TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT,
+                      "depth_vision": cfg.TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION}
+        entry |= summarise_run(train(trainer), {})
+        entry["optim"] = optim_record(cfg)
+        entry["gpa_loaded"] = trainer.step_counter == trainer.model.total_epochs + 1
+        cases[case] = entry
     configs = {}
     for name in ("vit_b16_c2_ep20_batch4_4+4ctx", "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets",
                  "vit_b16_c2_ep50_batch4_4+4ctx_few_shot"):
@@ -516,7 +596,7 @@ def run_promptsrc() -> dict:
                          "depth_vision": t.PROMPT_DEPTH_VISION, "n_ctx_text": t.N_CTX_TEXT, "n_ctx_vision": t.N_CTX_VISION,
                          "gpa_weights": [float(w / sum(weights)) for w in weights],
                          "lr_by_epoch": lr_tables(c, lambda: (torch.nn.Linear(2, 2), None), [10, c.OPTIM.MAX_EPOCH])}
-    return {"cases": {"cross_datasets_e2": entry}, "configs": configs}
+    return {"cases": cases, "configs": configs, "scripts": script_settings(["scripts/promptsrc/xd_train.sh"])}
 
 
 def run_dept() -> dict:
@@ -565,7 +645,59 @@ def run_dept() -> dict:
         entry["lr_by_epoch"] = lr_tables(cfg, staged, [10, cfg.OPTIM.MAX_EPOCH], build=build)
         out["cases"][case] = entry
     out["_init_file"] = init_file
+    # ImageNet-R targets: the trainer's own load_model clips the head's rows by the wnid folders present
+    out["cases"]["imagenet_r_clipped"] = dept_clipped_head(extend, list(tiny_clip.CLASSNAMES), [1, 3, 4], images0)
+    # two training classes share a name (as "missile" and "sunglasses" do in CLIP's ImageNet names): the folder
+    # decides which row the target keeps
+    names = ["golden_retriever", "cat", "sunflower", "cat", "pizza"]
+    out["cases"]["imagenet_r_repeated_name"] = dept_clipped_head(extend, names, [2, 3, 4], images0)
+    configs = importlib.import_module("configs")  # DePT's runner settings (plain data)
+    out["runner"] = {name: configs.get_config(name)["train"] for name in ("coop_dept",)}
     return out
+
+
+def dept_clipped_head(extend, train_names: list[str], present: list[int], images0) -> dict:
+    """DePT's cross-dataset path to ImageNet-R, run by its own code on a small folder layout: an ImageNet
+    (all classes) model saved by Dassl, an ImageNet-R folder with the wnid folders of ``present`` (plus the
+    README.txt it ignores), its dataset class, and the trainer's load_model, which clips the head's rows to
+    the target (``elp_coop.py`` load_model). Records the target classes, the kept rows and the fused logits."""
+    import tempfile
+
+    import torch
+    from datasets.imagenet_r import ImageNetR
+    from trainers import elp_coop
+
+    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"  # Dassl checkpoints hold scheduler objects
+    config = "configs/trainers/ExtrasLinearProbeCoOp/vit_b16_ep10_bs4_lr35.yaml"
+    wnids = [f"n{i + 1:08d}" for i in range(len(train_names))]
+    with tempfile.TemporaryDirectory() as tmp:
+        source_cfg = base_cfg(extend, config, ["DATASET.NAME", "ImageNet", "DATASET.SUBSAMPLE_CLASSES", "all",
+                                               "TRAINER.COOP.PREC", "fp32"])
+        source = build_trainer(elp_coop.ExtrasLinearProbeCoOp, source_cfg, train_names)
+        source.save_model(0, os.path.join(tmp, "model"))
+        source_head = source.model.linear_probe_proj.weight.detach().clone()
+        folder = Path(tmp) / "data" / "imagenet-rendition"
+        (folder / "imagenet-r").mkdir(parents=True)
+        (folder / "classnames.txt").write_text("".join(f"{w} {n}\n" for w, n in zip(wnids, train_names, strict=True)))
+        (folder / "imagenet-r" / "README.txt").write_text("ignored\n")
+        for i in present:
+            (folder / "imagenet-r" / wnids[i]).mkdir()
+            (folder / "imagenet-r" / wnids[i] / "0.jpg").write_bytes(b"")
+        cfg = base_cfg(extend, config, ["DATASET.NAME", "ImageNetR", "DATASET.SUBSAMPLE_CLASSES", "all",
+                                        "DATASET.ROOT", str(Path(tmp) / "data"), "TRAINER.COOP.PREC", "fp32"])
+        dataset = ImageNetR(cfg)
+        trainer = build_trainer(elp_coop.ExtrasLinearProbeCoOp, cfg, dataset.classnames)
+        trainer.dm.dataset = dataset
+        trainer.load_model(os.path.join(tmp, "model"), epoch=1)
+        head = trainer.model.linear_probe_proj.weight.detach()
+        rows = [next(i for i in range(len(source_head)) if torch.equal(source_head[i], row)) for row in head]
+        trainer.set_model_mode("eval")
+        with torch.no_grad():
+            logits = trainer.model(images0)
+    return {"config": config, "train_classnames": train_names, "wnids": wnids,
+            "present_wnids": [wnids[i] for i in present], "target_classnames": list(dataset.classnames),
+            "rows": rows, "logits": record(logits),
+            "learned_init": {n: record(p) for n, p in learned(source).items()}}
 
 
 RUNNERS = {"zeroshot": run_zeroshot, "coop": run_coop, "cocoop": run_cocoop, "kgcoop": run_kgcoop,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import FORMATTER, non_negative_int, out_dir, path_arg, positive_int
+from .common import FORMATTER, non_negative_int, out_dir, path_arg, positive_int, seed_arg
 from .overrides import add_override_args, override_kwargs
 
 DESCRIPTIONS = {
@@ -12,13 +12,16 @@ DESCRIPTIONS = {
     "fewshot": ("accuracy vs shots (1, 2, 4, 8, 16) on all classes",
                 "Few-shot learning: for each dataset x shots x method x seed, train on all classes and test."),
     "xd": ("train on ImageNet, test on the other 10 datasets",
-           "Cross-dataset transfer: train on ImageNet (all 1000 classes, 16 shots) once per method x seed,\n"
-           "then evaluate that prompt on the full test split of each target dataset."),
+           "Cross-dataset transfer: train on ImageNet (all 1000 classes, 16 shots; ProGrad and KgCoOp 4, as\n"
+           "their scripts) once per method x seed, then evaluate that prompt on the full test split of each\n"
+           "target dataset."),
     "dg": ("train on ImageNet, test on ImageNet-V2/-Sketch/-A/-R",
-           "Domain generalisation: train on ImageNet (16 shots) once per method x seed, then evaluate on\n"
+           "Domain generalisation: train on ImageNet (as xd) once per method x seed, then evaluate on\n"
            "ImageNet-V2, -Sketch, -A and -R (A and R: a classifier over their 200 classes only)."),
 }
-DEFAULT_SHOTS = {"base2new": [16], "fewshot": [1, 2, 4, 8, 16], "xd": [16], "dg": [16]}
+DEFAULT_SHOTS = {"base2new": "16", "fewshot": "1 2 4 8 16",
+                 "xd": "each method's recipe (16; 4 for prograd and kgcoop, as their scripts)",
+                 "dg": "each method's recipe (16; 4 for prograd and kgcoop, as their scripts)"}
 
 
 def add_commands(subparsers) -> None:
@@ -45,10 +48,10 @@ def add_commands(subparsers) -> None:
                                  ("; these are the targets, the source is imagenet" if protocol in ("xd", "dg") else ""))
         parser.add_argument("--methods", nargs="+", default=["zeroshot", "coop", "dip"], metavar="METHOD",
                             help="zeroshot and/or prompt methods (default: zeroshot coop dip)")
-        parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="each once; default: 1 2 3")
-        parser.add_argument("--shots", nargs="+", type=positive_int, default=DEFAULT_SHOTS[protocol],
+        parser.add_argument("--seeds", nargs="+", type=seed_arg, default=[1, 2, 3], help="each once; default: 1 2 3")
+        parser.add_argument("--shots", nargs="+", type=positive_int, default=None,
                             help=("shot counts, each once; " if protocol == "fewshot" else "one shot count; ") +
-                                 f"default: {' '.join(map(str, DEFAULT_SHOTS[protocol]))}")
+                                 f"default: {DEFAULT_SHOTS[protocol]}")
         parser.add_argument("--workers", type=non_negative_int, default=0)
         parser.add_argument("--model", type=path_arg, default=None, metavar="NAME|CONFIG.json")
         parser.add_argument("--pretrained", type=path_arg, default=None, metavar="TAG|FILE",

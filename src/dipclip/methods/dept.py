@@ -9,8 +9,9 @@ image tower on the images itself while its head is on (no stored, normalised fea
 CE(prompt similarity logits) + 0.7 * CE(head logits). At inference the logits are fused the same way (0.3 *
 similarity + 0.7 * head) on the training classes, and on any subset of them, with the head's rows clipped to
 those classes: the authors keep the head for ImageNet-family targets and clip it to the 200 classes of
-ImageNet-A and -R. On any other class list (new classes, other datasets) only the prompt's similarity logits
-are used, so new-class accuracy is the prompt's own. The head and the cwT layers learn at 6.5 x the prompt's
+ImageNet-A and -R (by wnid folder; dipclip by name, which gives the same rows: :func:`head_rows`). On any
+other class list (new classes, other datasets) only the prompt's similarity logits are used, so new-class
+accuracy is the prompt's own. The head and the cwT layers learn at 6.5 x the prompt's
 learning rate (the authors' staged lr; published: SGD lr 0.0035, batch 4, 10 epochs).
 """
 
@@ -21,7 +22,8 @@ from torch import nn
 
 from ..backbones.loading import Backbone
 from ..errors import DipclipError
-from .base import OptimConfig, PromptCLIP, PromptConfig, PromptMethod
+from ..prompts.class_prompts import clean_classname
+from .base import OptimConfig, PromptCLIP, PromptConfig, PromptMethod, rows_by_name
 
 HEAD_WEIGHT = 0.7
 HEAD_LR_SCALE = 6.5
@@ -41,20 +43,39 @@ class ChannelTransform(nn.Module):
 
 
 def head_rows(train_classnames: list[str], classnames: list[str]) -> torch.Tensor | None:
-    """Rows of a head over ``train_classnames`` for ``classnames``, or None when some class is not among them."""
-    index: dict[str, int] = {}
-    repeated: set[str] = set()
+    """Rows of a head over ``train_classnames`` for ``classnames``, or None when some class is not among them.
+
+    The authors clip the head to ImageNet-A/R by wnid folder (``elp_coop.py`` ``load_model``: a mask over
+    ImageNet's classnames.txt); dipclip matches by name, which is the same wherever a name is unique. CLIP's
+    ImageNet names repeat two ("missile", "sunglasses"): a repeated name takes the one training row that keeps
+    the class order around it (the targets list their classes in classnames.txt order, as the source does),
+    which is the row the folder gives; a repeated name that the order cannot settle is refused."""
+    if [clean_classname(n) for n in classnames] == [clean_classname(n) for n in train_classnames]:
+        return torch.arange(len(classnames), dtype=torch.long)
+    try:
+        return rows_by_name(train_classnames, classnames, "DePT's head rows")
+    except DipclipError:  # a repeated training name among the asked ones
+        return _rows_by_class_order(train_classnames, classnames)
+
+
+def _rows_by_class_order(train_classnames: list[str], classnames: list[str]) -> torch.Tensor:
+    index: dict[str, list[int]] = {}
     for i, name in enumerate(train_classnames):
-        if name in index:
-            repeated.add(name)
-        index[name] = i
-    if any(name not in index for name in classnames):
-        return None
-    ambiguous = sorted(repeated.intersection(classnames))
-    if ambiguous:
-        raise DipclipError(f"class names {ambiguous} occur more than once among the training classes, so DePT's "
-                           "head rows cannot be matched to them; make the class names unique")
-    return torch.tensor([index[name] for name in classnames], dtype=torch.long)
+        index.setdefault(clean_classname(name), []).append(i)
+    asked = [clean_classname(name) for name in classnames]
+    rows: list[int | None] = [index[name][0] if len(index[name]) == 1 else None for name in asked]
+    for position, name in enumerate(asked):
+        if rows[position] is not None:
+            continue
+        below = max((r for r in rows[:position] if r is not None), default=-1)
+        above = min((r for r in rows[position + 1:] if r is not None), default=len(train_classnames))
+        fits = [i for i in index[name] if below < i < above and i not in rows]
+        if len(fits) != 1:
+            raise DipclipError(f"class name {classnames[position]!r} occurs more than once among the training "
+                               "classes and the class order does not tell which one is meant, so DePT's head "
+                               "rows cannot be matched to it; make the class names unique")
+        rows[position] = fits[0]
+    return torch.tensor(rows, dtype=torch.long)
 
 
 class DePTCLIP(PromptCLIP):
@@ -96,7 +117,7 @@ class DePTCLIP(PromptCLIP):
         return [{"params": prompt, "lr_scale": 1.0}, {"params": head, "lr_scale": HEAD_LR_SCALE}]
 
     def raw_text_features(self) -> torch.Tensor:
-        return self.class_prompts(self.context()).float()
+        return self.class_prompts(self.context_matrix()).float()
 
     def head_logits(self, raw_image_features: torch.Tensor) -> torch.Tensor:
         """The head over the current classes (its rows clipped to them) of unnormalised image features."""

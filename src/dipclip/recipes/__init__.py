@@ -9,12 +9,18 @@ Sections map onto the run's configuration: ``train`` (epochs, batch_size), ``opt
 momentum, weight_decay, warmup_epochs, warmup_lr), ``prompt`` (n_ctx, init_text: ``null`` for a random
 context, class_position, class_specific, prompt_depth) and ``method`` (the numbers of the method's own
 loss: kg_weight, prograd_lambda, gpa_mean, gpa_std). Both end up in the run's ``PromptConfig``.
+
+A protocol may also fix ``shots``: the shot count of the run its authors' script trains for that protocol
+(ProGrad's and KgCoOp's ImageNet source for ``xd``/``dg`` trains on 4 shots, the others on 16). It is about
+the data, not the run's configuration: :func:`recipe_shots` reads it for the protocol runner.
 """
 
 from __future__ import annotations
 
 import copy
+import difflib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -28,7 +34,7 @@ SECTIONS = {
     "prompt": {"n_ctx", "init_text", "class_position", "class_specific", "prompt_depth"},
     "method": {"kg_weight", "prograd_lambda", "gpa_mean", "gpa_std"},  # methods.base.METHOD_SETTINGS
 }
-PROTOCOL_KEYS = {"files", "why", "rules", *SECTIONS}
+PROTOCOL_KEYS = {"files", "why", "rules", "shots", *SECTIONS}
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,7 @@ class Recipe:
     source: dict
     files: list[str]
     notes: list[str] = field(default_factory=list)
+    shots: int | None = None  # the shots the authors' script trains on for this protocol, where it fixes them
 
     @property
     def name(self) -> str:
@@ -85,6 +92,9 @@ def _check(raw: dict, name: str) -> None:
         for section in SECTIONS:
             if section in body:
                 _check_section(section, body[section], f"{where} {protocol}")
+        shots = body.get("shots")
+        if shots is not None and (isinstance(shots, bool) or not isinstance(shots, int) or shots < 1):
+            raise DipclipError(f"{where} {protocol}: shots must be an integer >= 1, got {shots!r}")
         for rule in body.get("rules", []):
             if set(rule.get("when", {})) - {"dataset", "shots"}:
                 raise DipclipError(f"{where} {protocol}: a rule's 'when' takes dataset and shots only")
@@ -107,11 +117,25 @@ def _matches(when: dict, dataset: str | None, shots: int | None) -> bool:
     return not ("shots" in when and shots not in when["shots"])
 
 
+def check_dataset_key(dataset: str, known: Sequence[str]) -> None:
+    """Refuse a key that is not one of ``known`` (the data registry's): a recipe's dataset rules match keys
+    exactly, so ``ImageNet`` or ``pets`` would silently get the default epochs."""
+    if dataset in known:
+        return
+    near = ([k for k in known if k.lower() == dataset.lower()] or [k for k in known if dataset.lower() in k]
+            or difflib.get_close_matches(dataset.lower(), known, n=1))
+    hint = f" (did you mean {near[0]!r}?)" if near else ""
+    raise DipclipError(f"--dataset: unknown dataset key {dataset!r}{hint}; use one of: {', '.join(known)}")
+
+
 def resolve_recipe(method: str, protocol: str = "base2new", dataset: str | None = None,
-                   shots: int | None = None) -> Recipe:
-    """The recipe of ``method`` for ``protocol`` (``dg`` gives ``xd``'s), with its dataset and shot rules."""
+                   shots: int | None = None, known_datasets: Sequence[str] | None = None) -> Recipe:
+    """The recipe of ``method`` for ``protocol`` (``dg`` gives ``xd``'s), with its dataset and shot rules;
+    with ``known_datasets``, ``dataset`` must be one of them."""
     if protocol not in PROTOCOL_OF:
         raise DipclipError(f"unknown recipe {protocol!r}; use {', '.join(RECIPE_PROTOCOLS)}")
+    if dataset is not None and known_datasets is not None:
+        check_dataset_key(dataset, known_datasets)
     raw = load_recipe_file(method)
     protocol = PROTOCOL_OF[protocol]
     body = raw["protocols"][protocol]
@@ -131,7 +155,19 @@ def resolve_recipe(method: str, protocol: str = "base2new", dataset: str | None 
         notes.insert(0, raw["source"]["note"])
     source = {k: v for k, v in raw["source"].items() if k != "note"}
     return Recipe(method=method, protocol=protocol, values=values, source=source,
-                  files=list(body.get("files", [])), notes=notes)
+                  files=list(body.get("files", [])), notes=notes, shots=body.get("shots"))
 
 
-__all__ = ["PROTOCOL_OF", "RECIPE_PROTOCOLS", "Recipe", "load_recipe_file", "recipe_methods", "resolve_recipe"]
+def recipe_shots(method: str, protocol: str) -> int | None:
+    """The shot count the authors' script trains ``method`` on for ``protocol`` (``dg`` gives ``xd``'s), or
+    None where the recipe fixes none (the protocol's own default applies; few-shot sweeps its K list).
+    ``zeroshot`` and any other method without a recipe file have none."""
+    if protocol not in PROTOCOL_OF:
+        raise DipclipError(f"unknown recipe {protocol!r}; use {', '.join(RECIPE_PROTOCOLS)}")
+    if method.partition("+")[0] not in recipe_methods():
+        return None
+    return load_recipe_file(method)["protocols"][PROTOCOL_OF[protocol]].get("shots")
+
+
+__all__ = ["PROTOCOL_OF", "RECIPE_PROTOCOLS", "Recipe", "load_recipe_file", "recipe_methods", "recipe_shots",
+           "resolve_recipe"]
