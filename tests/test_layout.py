@@ -18,7 +18,7 @@ PACKAGE_ROOT = Path(dipclip.__file__).resolve().parent
 
 # Floors from the bottom up; a module may import its own floor and the ones below, never above.
 FLOORS = [
-    ("errors", "paths", "files", "argtypes"),
+    ("errors", "paths", "files", "argtypes", "tensor_checks", "argcheck"),
     ("recipes",),  # data files and their reader
     ("backbones",),
     ("prompts",),

@@ -108,8 +108,10 @@ def test_evaluation_encodes_class_prompts_once_per_class_list(tmp_path, tiny_con
     api.train("dip", model=str(tiny_config_path), pretrained="none", data=str(image_tree), dataset="imagefolder", shots=4, epochs=1,
               batch_size=4, subsample="base", progress=False, out=tmp_path / "run")
     merged = [names for is_merged, names in calls if is_merged]
-    assert len(calls) == 2 + 2  # 8 base images / batch 4 = 2 training steps, then base and new once each
-    assert len(merged) == 2 and merged[0] != merged[1]
+    # 8 base images / batch 4 = 2 training steps, the epoch's finite check of the merged prompt, then base and new
+    # once each
+    assert len(calls) == 2 + 1 + 2
+    assert len(merged) == 3 and merged[0] == merged[1] != merged[2]
     calls.clear()
     api.evaluate(tmp_path / "run" / "adapter", data=str(image_tree), dataset="imagefolder", subsample="new")
     assert len(calls) == 1

@@ -27,12 +27,19 @@ import torch
 
 from . import __version__
 from .adapters import load_adapter, model_from_adapter, save_adapter
+from .argcheck import checked, class_names
 from .backbones.loading import Backbone, load_backbone
 from .data.types import DatasetSplits
 from .data.validate import check_for_evaluation, check_for_training
-from .density import density_report
+from .density import density_report, singular_values
 from .engine.distributed import is_main_process
-from .engine.evaluate import evaluate_items, evaluate_model
+from .engine.evaluate import (
+    SCORES_FIX,
+    checked_logits,
+    classifier_text_features,
+    evaluate_items,
+    evaluate_model,
+)
 from .engine.features import feature_store
 from .engine.locking import output_lock
 from .engine.reproducibility import atomic_write_bytes, atomic_write_json
@@ -44,6 +51,7 @@ from .methods.base import METHOD_SETTINGS
 from .methods.zeroshot import ENSEMBLE_TEMPLATES, ensemble_templates, zeroshot_text_features
 from .paths import cache_root
 from .recipes import Recipe, resolve_recipe
+from .tensor_checks import OVERFLOW_FIX, require_finite
 
 METRICS_NAME = "metrics.json"
 
@@ -123,6 +131,111 @@ def _write_metrics(out: str | Path | None, metrics: dict) -> None:
         atomic_write_json(Path(out) / METRICS_NAME, metrics)
 
 
+# What each command writes into its --out folder; another command's (or another run's) results there are never
+# written over. Rewriting a command's own output with the same question (a rerun of the same evaluation, the
+# same images, the same adapter) is allowed: the answer replaces its own earlier copy.
+OWN_FILES = {"predict": ("predictions.json",), "density": ("density.json",),
+             "export": ("classifier.json", "classifier.safetensors")}
+TRAINING_MARKS = ("checkpoint.pt", "adapter")  # what makes a folder a training run's, finished or not
+
+
+def _read_json(path: Path) -> object:
+    """``path``'s JSON, or ``None`` when it cannot be read as JSON."""
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
+def metrics_writer(metrics: object) -> str | None:
+    """Which command wrote a ``metrics.json``: ``train``, ``zeroshot`` or ``eval``; ``None`` when dipclip did not
+    (or it cannot be told)."""
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("results"), dict):
+        return None
+    config = metrics.get("config") if isinstance(metrics.get("config"), dict) else {}
+    if "history" in metrics or "recipe" in config:
+        return "train"
+    if metrics.get("method") == "zeroshot":
+        return "zeroshot"
+    return "eval" if "adapter" in config else None
+
+
+def _same(recorded: object, asked: dict) -> bool:
+    import json
+
+    return isinstance(recorded, dict) and recorded == json.loads(json.dumps(asked, default=str))
+
+
+def _describe(metrics: dict) -> str:
+    config = metrics.get("config") if isinstance(metrics.get("config"), dict) else {}
+    shown = ", ".join(f"{key} {config[key]}" for key in ("adapter", "dataset", "split", "subsample")
+                      if config.get(key) not in (None, "all"))
+    return f" ({shown})" if shown else ""
+
+
+def keep_other_results(out: str | Path | None, command: str, asked: dict | None = None,
+                       resume: bool = False) -> None:
+    """Refuse, in one line and before anything is loaded, to write into ``out`` over results that ``command``
+    with the question ``asked`` did not produce.
+
+    ``train`` writes ``metrics.json``, ``adapter/`` and ``checkpoint.pt``: into a folder holding a
+    ``metrics.json`` or a checkpoint only with ``resume`` and that checkpoint (the trainer then checks it is the
+    same run); an ``adapter/`` alone is a run whose metrics were lost, which a protocol redoes. ``eval`` and
+    ``zeroshot`` never write into a training run's folder, and replace a ``metrics.json`` only when it is the
+    same command's with the same ``config`` (``asked``). ``predict``, ``density`` and ``export`` replace their
+    own files only when those record the same images (``predict``) or adapter (``density``, ``export``)."""
+    if out is None:
+        return
+    folder = Path(out)
+    fix = "give another --out, or delete {} to replace it"
+    metrics_path = folder / METRICS_NAME
+    if command == "train":
+        checkpoint = folder / TRAINING_MARKS[0]
+        if checkpoint.exists() and resume:
+            return
+        if checkpoint.exists():
+            raise DipclipError(f"{folder} already holds a run ({checkpoint.name}); pass --resume to continue it or "
+                               "choose another --out")
+        if metrics_path.exists():
+            writer = metrics_writer(_read_json(metrics_path))
+            what = f"the results of `dipclip {writer}`" if writer else "a metrics.json dipclip cannot read"
+            raise DipclipError(f"{metrics_path} holds {what}, which `dipclip train` would write over; "
+                               + fix.format(metrics_path))
+        return
+    if command in ("eval", "zeroshot"):
+        marks = [folder / name for name in TRAINING_MARKS if (folder / name).exists()]
+        if marks:
+            raise DipclipError(f"{folder} is a training run's folder ({marks[0].name}), whose metrics.json "
+                               f"`dipclip {command}` would write over; give another --out")
+        if not metrics_path.exists():
+            return
+        metrics = _read_json(metrics_path)
+        writer = metrics_writer(metrics)
+        if writer == command and _same(metrics.get("config"), asked or {}):
+            return
+        what = ("a metrics.json dipclip cannot read" if writer is None else
+                f"the results of another `dipclip {writer}`{_describe(metrics)}")
+        raise DipclipError(f"{metrics_path} holds {what}; `dipclip {command}` would write over them: "
+                           + fix.format(metrics_path))
+    key, value = next(iter((asked or {}).items()))
+    for name in OWN_FILES[command]:
+        path = folder / name
+        if not path.exists():
+            continue
+        record = _read_json(folder / OWN_FILES[command][0])
+        if command == "predict":
+            held = ([row.get("image") if isinstance(row, dict) else None for row in record.get("predictions", [])]
+                    if isinstance(record, dict) and isinstance(record.get("predictions"), list) else None)
+        else:
+            held = record.get("adapter") if isinstance(record, dict) else None
+        if held != value:
+            what = (f"`dipclip {command}`'s output for other {key}" if held is not None else
+                    "a file dipclip did not write or cannot read")
+            raise DipclipError(f"{path} holds {what}; `dipclip {command}` would write over it: " + fix.format(path))
+
+
 def _one_writer(function):
     """Run ``function`` holding its ``out`` folder (see :mod:`dipclip.engine.locking`): a second process
     writing into the same folder is refused. Under ``torchrun`` only rank 0 writes, so only it holds it."""
@@ -186,6 +299,7 @@ def clip_token_count(text: str) -> int:
     return len(open_clip.tokenizer.SimpleTokenizer().encode(text))
 
 
+@checked
 def plan_training(method: str, *, recipe: str = "base2new", dataset: str | None = None, shots: int | None = 16,
                   seed: int = 1, prompt: str | None = None, epochs: int | None = None,
                   batch_size: int | None = None, optimizer: str | None = None, lr: float | None = None,
@@ -250,6 +364,7 @@ def _plan_from_train_arguments(method: str, *, recipe: str, dataset: str | None,
     )
 
 
+@checked
 def train_config(method: str = "dip", *, recipe: str = "base2new", model: str | None = None,
                  pretrained: str | None = None, data: str | None = None, dataset: str | None = None,
                  shots: int | None = 16, seed: int = 1, subsample: str = "all", device: str = "auto",
@@ -267,6 +382,7 @@ def train_config(method: str = "dip", *, recipe: str = "base2new", model: str | 
                        pretrained=pretrained, device=device)
 
 
+@checked
 @_one_writer
 def train(
     method: str = "dip",
@@ -328,6 +444,7 @@ def train(
     (:mod:`dipclip.recipes`); every argument that is not ``None`` overrides one of its values, and
     ``metrics.json`` records the recipe and those overrides.
     """
+    keep_other_results(out, "train", resume=resume)
     began = time.perf_counter()
     plan = _plan_from_train_arguments(
         method, recipe=recipe, dataset=dataset if dataset is not None else (splits.name if splits else None),
@@ -409,6 +526,7 @@ def train(
     return metrics
 
 
+@checked
 @_one_writer
 def zeroshot(
     *,
@@ -429,18 +547,24 @@ def zeroshot(
     feature_cache: bool = True,
 ) -> dict:
     """Zero-shot CLIP with the dataset's template (or ``templates``). ``ensemble`` alone is CoOp's ensemble
-    baseline (CLIP's 7 templates, plus the dataset's own except on ImageNet); with ``templates`` it adds the 7."""
+    baseline (CLIP's 7 templates, plus the dataset's own except on ImageNet); with ``templates`` it adds the 7.
+
+    ``out`` may hold the ``metrics.json`` of this same zero-shot evaluation (it is replaced), never another
+    command's results (see :func:`keep_other_results`)."""
     splits = splits or load_data(data, dataset, None, 1, subsample)
-    name = split if subsample == "all" else subsample
-    data_warnings = _report(check_for_evaluation(splits, split, name, subsample != "all", skip_bad_images))
-    identity = evaluation_identity(splits, split, name)
-    backbone = backbone or load_backbone(model, pretrained, device=device)
     if ensemble and not templates:  # CoOp's ensemble: the 7 templates (+ the dataset's, except on ImageNet)
         chosen = ensemble_templates(splits.name, splits.template)
     else:
         chosen = list(templates) if templates else [splits.template]
         if ensemble:
             chosen += [t for t in ENSEMBLE_TEMPLATES if t not in chosen]
+    config = {"data": data, "dataset": dataset, "split": split, "subsample": subsample, "templates": chosen,
+              "model": model, "pretrained": pretrained}
+    keep_other_results(out, "zeroshot", config)
+    name = split if subsample == "all" else subsample
+    data_warnings = _report(check_for_evaluation(splits, split, name, subsample != "all", skip_bad_images))
+    identity = evaluation_identity(splits, split, name)
+    backbone = backbone or load_backbone(model, pretrained, device=device)
     text_features = zeroshot_text_features(backbone, splits.classnames, chosen)
     result = evaluate_items(backbone, text_features, splits.split(split), workers=workers,
                             skip_bad_images=skip_bad_images, desc=f"zero-shot {name}",
@@ -454,13 +578,13 @@ def zeroshot(
         "data_warnings": data_warnings,
         "data_identity": identity,
         "backbone": backbone.describe(),
-        "config": {"data": data, "dataset": dataset, "split": split, "subsample": subsample,
-                   "templates": chosen, "model": model, "pretrained": pretrained},
+        "config": config,
     }
     _write_metrics(out, metrics)
     return metrics
 
 
+@checked
 @_one_writer
 def evaluate(
     adapter: str | Path,
@@ -479,8 +603,14 @@ def evaluate(
     splits: DatasetSplits | None = None,
     feature_cache: bool = True,
 ) -> dict:
-    """Accuracy of a trained adapter on a dataset split (the adapter's backbone is rebuilt by default)."""
+    """Accuracy of a trained adapter on a dataset split (the adapter's backbone is rebuilt by default).
+
+    ``out`` may hold the ``metrics.json`` of this same evaluation (it is replaced: same adapter, data, split),
+    never a training run or another evaluation (see :func:`keep_other_results`)."""
     loaded = load_adapter(adapter)
+    config = {"adapter": str(adapter), "data": data, "dataset": dataset, "split": split, "subsample": subsample,
+              "prompt": loaded.config["prompt"]}
+    keep_other_results(out, "eval", config)
     splits = splits or load_data(data, dataset, None, 1, subsample)
     name = split if subsample == "all" else subsample
     data_warnings = _report(check_for_evaluation(splits, split, name, subsample != "all", skip_bad_images))
@@ -498,8 +628,7 @@ def evaluate(
         "data_warnings": data_warnings,
         "data_identity": identity,
         "backbone": backbone.describe(),
-        "config": {"adapter": str(adapter), "data": data, "dataset": dataset, "split": split,
-                   "subsample": subsample, "prompt": loaded.config["prompt"]},
+        "config": config,
     }
     _write_metrics(out, metrics)
     return metrics
@@ -510,18 +639,19 @@ def _classifier(adapter: str | Path | None, backbone: Backbone, classnames: list
     for zero-shot with ``template``.
 
     The class text features are computed once; an image-conditioned prompt (CoCoOp) uses its own logits, and a
-    model with vision prompts (MaPLe, PromptSRC) takes the images and runs its own image tower."""
+    model with vision prompts (MaPLe, PromptSRC) takes the images and runs its own image tower. Non-finite
+    text features or logits are refused (a NaN softmax would print ``nan%``)."""
     if adapter is None:
         text_features = zeroshot_text_features(backbone, classnames, [template])
         return (lambda features: backbone.logit_scale * features @ text_features.t()), "zeroshot", False
     loaded = load_adapter(adapter)
     prompt_model = model_from_adapter(loaded, backbone, classnames)
     if prompt_model.image_prompted:  # vision prompts: the model runs its own image tower on the images
-        text_features = prompt_model.text_features(merged=True).detach()
-        return (lambda images: prompt_model.logits(images, text_features)), loaded.method, True
+        text_features = classifier_text_features(prompt_model)
+        return (lambda images: checked_logits(prompt_model, images, text_features)), loaded.method, True
     if prompt_model.image_conditioned:
-        return prompt_model.logits, loaded.method, False
-    text_features = prompt_model.text_features(merged=True).detach()
+        return (lambda features: checked_logits(prompt_model, features)), loaded.method, False
+    text_features = classifier_text_features(prompt_model)
     return (lambda features: backbone.logit_scale * features @ text_features.t()), loaded.method, False
 
 
@@ -530,6 +660,7 @@ def _trained_classnames(adapter_config: dict) -> list[str]:
     return list(adapter_config.get("train_classnames") or adapter_config.get("classnames") or [])
 
 
+@checked
 def predict(
     images: Sequence[str],
     *,
@@ -546,14 +677,17 @@ def predict(
     backbone: Backbone | None = None,
 ) -> dict:
     """Top-k classes with probabilities for each image file (zero-shot, or with an adapter)."""
-    from .data.images import load_rgb
+    from .data.images import check_image, load_rgb
     from .data.transforms import test_transform
 
+    keep_other_results(out, "predict", {"images": [str(path) for path in images]})
     if not images:
         raise DipclipError("no images given; pass one or more image files")
+    fix = "give image files Pillow can read: PNG, JPEG, ..."  # predict has no split file nor --skip-bad-images
     for path in images:  # before any model is loaded; a FIFO or device would block the decoder forever
         if os.path.lexists(path):
             check_regular_file(path, "image", "give image files")
+        check_image(str(path), fix)
     if top_k < 1:
         raise DipclipError(f"--top-k must be >= 1, got {top_k}")
     if classnames is None and dataset is not None:
@@ -562,17 +696,18 @@ def predict(
     classnames = classnames or _trained_classnames(config)  # an adapter's own classes by default
     if not classnames:
         raise DipclipError("no class names given; pass --classes a,b,c or --data ROOT --dataset KEY")
-    classnames = list(classnames)
+    classnames = class_names("the class list", list(classnames))  # a dataset's or adapter's too
     if adapter is not None:
         backbone = backbone or _backbone_for_adapter(config, model, pretrained, device)
     else:
         backbone = backbone or load_backbone(model, pretrained, device=device)
     logits_of, method_name, takes_images = _classifier(adapter, backbone, classnames, template)
     transform = test_transform(backbone.image_size, backbone.mean, backbone.std)
-    batch = torch.stack([transform(load_rgb(str(path))) for path in images]).to(backbone.device)
+    batch = torch.stack([transform(load_rgb(str(path), fix)) for path in images]).to(backbone.device)
     inputs = batch if takes_images else backbone.encode_images(batch)
     with torch.no_grad():
-        probabilities = logits_of(inputs).softmax(dim=-1).cpu()
+        logits = require_finite(logits_of(inputs), f"the class scores of {method_name}", SCORES_FIX)
+        probabilities = logits.softmax(dim=-1).cpu()
     k = min(top_k, len(classnames))
     predictions = []
     for path, row in zip(images, probabilities, strict=True):
@@ -588,6 +723,7 @@ def predict(
     return payload
 
 
+@checked
 def density(
     adapter: str | Path,
     *,
@@ -599,28 +735,35 @@ def density(
     out: str | Path | None = None,
     backbone: Backbone | None = None,
 ) -> dict:
-    """Information Density of an adapter's merged prompt and of its learned update, for every k."""
+    """Information Density of an adapter's merged prompt and of its learned update, for every k.
+
+    An adapter whose class text features overflow is refused like in ``eval``/``predict``/``export``: its
+    density would describe a prompt that classifies nothing."""
+    keep_other_results(out, "density", {"adapter": str(adapter)})
     loaded = load_adapter(adapter)
     backbone = backbone or _backbone_for_adapter(loaded.config, model, pretrained, device)
     classnames = loaded.config.get("classnames") or ["object"]
     prompt_model = model_from_adapter(loaded, backbone, classnames)
+    classifier_text_features(prompt_model)
     context = prompt_model.context
     prompt, update = context.merged(), context.merged() - context.initial
     m = min(prompt.reshape(-1, prompt.shape[-1]).shape)
     ks = [k] if k is not None else list(range(1, m + 1))
     with torch.no_grad():
-        singular = torch.linalg.svdvals(prompt.reshape(-1, prompt.shape[-1]).float()).tolist()
         per_k = {}
         for value in ks:
-            report = density_report(prompt, context.initial, value, energy)
+            report = density_report(prompt, context.initial, value, energy, source=prompt_model.origin)
             per_k[str(value)] = {"id_prompt": report["id_prompt"], "id_update": report["id_update"]}
+        singular = singular_values(prompt)  # finite: density_report refused the prompt otherwise
+        update_norm = require_finite(update.double().norm(), f"{prompt_model.origin}: its update's norm",
+                                     OVERFLOW_FIX)
     payload = {
         "adapter": str(adapter),
         "method": loaded.method,
         "energy": energy,
         "shape": list(prompt.shape),
-        "singular_values": [round(s, 6) for s in singular],
-        "update_norm": round(float(update.norm()), 6),
+        "singular_values": [round(s, 6) for s in singular.tolist()],
+        "update_norm": round(float(update_norm), 6),
         "id": per_k,
     }
     if out is not None:
@@ -628,6 +771,7 @@ def density(
     return payload
 
 
+@checked
 def export(
     adapter: str | Path,
     *,
@@ -646,12 +790,14 @@ def export(
     """
     from safetensors.torch import save
 
+    keep_other_results(out, "export", {"adapter": str(adapter)})
     loaded = load_adapter(adapter)
     if classnames is None and dataset is not None:
         classnames = load_data(data, dataset).classnames
     classnames = list(classnames or _trained_classnames(loaded.config))
     if not classnames:
         raise DipclipError("no class names given; pass --classes a,b,c or --data ROOT --dataset KEY")
+    class_names("the class list", classnames)  # a dataset's or adapter's too
     backbone = backbone or _backbone_for_adapter(loaded.config, model, pretrained, device)
     prompt_model = model_from_adapter(loaded, backbone, classnames)
     if prompt_model.image_conditioned:
@@ -660,11 +806,13 @@ def export(
     if prompt_model.image_prompted:
         raise DipclipError(f"{loaded.method} also prompts the image tower, so a classifier matrix alone cannot "
                            "reproduce it; use `dipclip predict` or the Python API")
-    tensors = {
-        "prompt": prompt_model.context.merged().cpu().contiguous(),
-        "text_features": prompt_model.text_features(merged=True).detach().cpu().contiguous(),
+    tensors = {  # the prompt in the asked class order (a class-specific one's rows are matched by name)
+        "prompt": prompt_model.context_matrix(merged=True).cpu().contiguous(),
+        "text_features": classifier_text_features(prompt_model).cpu().contiguous(),
         "logit_scale": backbone.logit_scale.detach().cpu().reshape(1).float(),
     }
+    for name, tensor in tensors.items():  # nothing non-finite is ever written
+        require_finite(tensor, f"{prompt_model.origin}: its exported {name}", OVERFLOW_FIX)
     out = Path(out)
     atomic_write_bytes(out / "classifier.safetensors", save(tensors, metadata={"method": loaded.method}))
     info = {

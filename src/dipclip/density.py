@@ -4,6 +4,9 @@
 order and ``m = min(rows, cols)``. ID_k is 1 when M has rank <= k and ``k/m`` when all directions carry the
 same weight. The ``energy`` form uses squared singular values (the share of the Frobenius norm).
 A stack of class-specific contexts ``[C, n, d]`` is measured as one ``[C*n, d]`` matrix.
+
+A reported ID is refused, never rounded to ``None``, when the singular values overflow float32 (a prompt
+with huge learned values): ``None`` means only "undefined" (an all-zero matrix).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from .errors import DipclipError
+from .tensor_checks import OVERFLOW_FIX, require_finite
 
 
 def information_density(matrix: torch.Tensor, k: int = 1, energy: bool = False) -> torch.Tensor:
@@ -25,23 +29,35 @@ def information_density(matrix: torch.Tensor, k: int = 1, energy: bool = False) 
     m = min(matrix.shape)
     if not 1 <= k <= m:
         raise DipclipError(f"ID_k needs 1 <= k <= min(rows, cols) = {m}, got k = {k}")
-    values = torch.linalg.svdvals(matrix.float())
-    if energy:
-        values = values.square()
+    values = singular_values(matrix, energy)
     total = values.sum()
     if float(total.detach()) <= 0.0:
         return torch.tensor(float("nan"))
     return values[:k].sum() / total
 
 
-def density_report(prompt: torch.Tensor, initial: torch.Tensor, k: int = 1, energy: bool = False) -> dict:
-    """ID of the prompt and of its learned update ``P - P_init`` (None where undefined), as plain floats."""
+def singular_values(matrix: torch.Tensor, energy: bool = False) -> torch.Tensor:
+    """Singular values of ``matrix`` (a class-specific stack flattened to ``[C*n, d]``), squared for ``energy``."""
+    values = torch.linalg.svdvals(matrix.reshape(-1, matrix.shape[-1]).float())
+    return values.square() if energy else values
+
+
+def density_report(prompt: torch.Tensor, initial: torch.Tensor, k: int = 1, energy: bool = False,
+                   source: str = "the prompt") -> dict:
+    """ID of the prompt and of its learned update ``P - P_init`` (None where undefined), as plain floats.
+
+    Singular values (and their sum) that overflow are refused with ``source`` named: the ID would be NaN or 0."""
 
     def as_float(value: torch.Tensor) -> float | None:
         value = float(value)
         return None if value != value else round(value, 6)
 
     with torch.no_grad():
+        for name, matrix in (("prompt", prompt), ("update", prompt - initial)):
+            require_finite(matrix, f"{source}: its merged {name}", OVERFLOW_FIX)  # the SVD fails on inf
+            values = singular_values(matrix, energy)
+            require_finite(torch.cat([values, values.sum().reshape(1)]),
+                           f"{source}: its {name}'s {'squared ' if energy else ''}singular values", OVERFLOW_FIX)
         return {
             "k": k,
             "energy": energy,

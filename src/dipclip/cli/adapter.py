@@ -49,8 +49,8 @@ def cmd_density(args) -> int:
     print(f"{payload['method']} prompt {tuple(payload['shape'])}, singular values "
           f"{', '.join(f'{s:.4f}' for s in payload['singular_values'])}")
     for k, values in payload["id"].items():
-        update = "n/a" if values["id_update"] is None else f"{values['id_update']:.4f}"
-        print(f"ID_{k}: prompt {values['id_prompt']:.4f}  update {update}")
+        prompt, update = ("n/a" if values[key] is None else f"{values[key]:.4f}" for key in ("id_prompt", "id_update"))
+        print(f"ID_{k}: prompt {prompt}  update {update}")  # n/a: undefined (an all-zero matrix)
     return 0
 
 

@@ -2,6 +2,9 @@
 
 Image features come from the :class:`~dipclip.engine.features.FeatureStore`: the first evaluation of a
 split encodes it, every later one (another seed, method or prompt on the same backbone) reads it back.
+
+Text features and logits are checked to be finite before any accuracy is counted: the argmax of a NaN row
+is class 0, so a prompt whose numbers overflow would otherwise score the share of class 0.
 """
 
 from __future__ import annotations
@@ -12,7 +15,23 @@ import torch
 
 from ..backbones.loading import Backbone
 from ..data.types import Datum
+from ..tensor_checks import OVERFLOW_FIX, require_finite
 from .features import FeatureStore
+
+SCORES_FIX = ("the text or image features overflow (a damaged backbone or adapter); check --pretrained and the "
+              "adapter")
+
+
+@torch.no_grad()
+def classifier_text_features(model) -> torch.Tensor:
+    """The merged prompt's class text features [C, D] (no dropout), refused when not finite."""
+    return require_finite(model.text_features(merged=True).detach(), f"{model.origin}: its text features",
+                          OVERFLOW_FIX)
+
+
+def checked_logits(model, inputs: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
+    """``model.logits`` refused when not finite (a CoCoOp meta-net or vision prompts can overflow on their own)."""
+    return require_finite(model.logits(inputs, text_features), f"{model.origin}: its logits", OVERFLOW_FIX)
 
 
 @torch.no_grad()
@@ -35,7 +54,9 @@ def accuracy_from_features(image_features: torch.Tensor, labels: torch.Tensor, t
     """Top-1 accuracy in percent (rounded to 4 decimals), as published tables report it."""
     if len(labels) == 0:
         return {"accuracy": 0.0, "n": 0}
-    predictions = (image_features.to(text_features.device) @ text_features.t()).argmax(dim=-1).cpu()
+    scores = require_finite(image_features.to(text_features.device) @ text_features.t(), "the class scores",
+                            SCORES_FIX)
+    predictions = scores.argmax(dim=-1).cpu()
     correct = int((predictions == labels).sum())
     return {"accuracy": round(100.0 * correct / len(labels), 4), "n": int(len(labels)), "correct": correct}
 
@@ -60,12 +81,12 @@ def evaluate_model(model, items: Sequence[Datum], batch_size: int = 64, workers:
     if model.image_prompted:
         return _evaluate_prompted_images(model, items, batch_size, workers, skip_bad_images)
     if not model.image_conditioned:
-        text_features = model.text_features(merged=True)
+        text_features = classifier_text_features(model)
         return evaluate_items(model.backbone, text_features, items, batch_size, workers, skip_bad_images, desc, store)
     features, labels, skipped = encode_items(model.backbone, items, batch_size, workers, skip_bad_images, desc, store)
     if len(labels) == 0:
         return {"accuracy": 0.0, "n": 0}
-    predictions = torch.cat([model.logits(features[i: i + batch_size].to(model.backbone.device)).argmax(-1).cpu()
+    predictions = torch.cat([checked_logits(model, features[i: i + batch_size].to(model.backbone.device)).argmax(-1).cpu()
                              for i in range(0, len(features), batch_size)])
     correct = int((predictions == labels).sum())
     result = {"accuracy": round(100.0 * correct / len(labels), 4), "n": int(len(labels)), "correct": correct}
@@ -84,13 +105,13 @@ def _evaluate_prompted_images(model, items: Sequence[Datum], batch_size: int, wo
 
     if not items:
         return {"accuracy": 0.0, "n": 0}
-    text_features = model.text_features(merged=True)
+    text_features = classifier_text_features(model)
     rank, world = rank_and_world()
     batches = [list(range(i, min(i + batch_size, len(items)))) for i in range(0, len(items), batch_size)]
     correct = seen = 0
     for images, labels in image_batches(model.backbone, items, None, 0, batches[rank::world], workers,
                                         skip_bad_images):
-        predictions = model.logits(images, text_features).argmax(-1).cpu()
+        predictions = checked_logits(model, images, text_features).argmax(-1).cpu()
         correct += int((predictions == labels.cpu()).sum())
         seen += len(labels)
     correct, seen = sum_over_ranks([correct, seen], model.backbone.device)

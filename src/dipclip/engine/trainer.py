@@ -280,7 +280,9 @@ class Trainer:
             history.append(record)
             seconds = time.perf_counter() - began
             self.epoch_seconds.append(round(seconds, 3))
-            self.log(self._format(record, cfg.epochs, seconds))
+            line = self._format(record, cfg.epochs, seconds)
+            if self.progress:  # --quiet (progress off) keeps the epochs in metrics.json only
+                self.log(line)
             if not is_main_process():
                 continue
             atomic_torch_save(self.checkpoint_path, {
@@ -305,9 +307,12 @@ class Trainer:
         else:
             tensors = self.model.learnable_state() | self.method.training_state()
             bad = [name for name, t in tensors.items() if not bool(torch.isfinite(t).all())]
-            if not bad:
-                return
             what = f"learned tensor(s) {', '.join(bad[:3])} hold NaN/inf"
+            if not bad:  # the epoch's last step can make finite values so large that the text tower overflows
+                with torch.no_grad():
+                    if bool(torch.isfinite(self.model.text_features(merged=True)).all()):
+                        return
+                what = "the merged prompt's class text features hold NaN/inf (its learned values overflow)"
         kept = (f"the last good checkpoint {self.checkpoint_path} is kept" if self.checkpoint_path.exists()
                 else "no checkpoint was written")
         raise DipclipError(f"training diverged in epoch {epoch + 1}: {what} at lr {lr:.3g}; {kept}; lower --lr "

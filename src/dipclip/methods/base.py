@@ -16,6 +16,8 @@ from ..backbones.loading import Backbone
 from ..density import information_density
 from ..errors import DipclipError
 from ..prompts import CLASS_POSITIONS, DIP_INITS, ClassPrompts, FullRankContext, LowRankContext
+from ..prompts.class_prompts import clean_classname
+from ..tensor_checks import tensor_digest
 from .templates import template_for
 
 PARAMETERIZATIONS = ("full", "dip")
@@ -141,8 +143,32 @@ def parameterize(init: torch.Tensor, cfg: PromptConfig, device: torch.device, se
     return context.to(device)
 
 
+def rows_by_name(known: list[str], asked: list[str], what: str) -> torch.Tensor | None:
+    """Rows of ``known`` (training classes) for the ``asked`` class names, compared as the prompts spell them,
+    or None when some asked class is not among them. Names repeated among ``known`` cannot be matched."""
+    index: dict[str, int] = {}
+    repeated: set[str] = set()
+    for i, name in enumerate(known):
+        name = clean_classname(name)
+        if name in index:
+            repeated.add(name)
+        index[name] = i
+    cleaned = [clean_classname(name) for name in asked]
+    if any(name not in index for name in cleaned):
+        return None
+    ambiguous = sorted(repeated.intersection(cleaned))
+    if ambiguous:
+        raise DipclipError(f"class names {ambiguous} occur more than once among the training classes, so {what} "
+                           "cannot be matched to them; make the class names unique")
+    return torch.tensor([index[name] for name in cleaned], dtype=torch.long)
+
+
 class PromptCLIP(nn.Module):
     """CLIP whose class text features come from a learned context (CoOp's CustomCLIP)."""
+
+    origin = "the prompt"  # what refusals name: model_from_adapter sets "adapter <folder>"
+    # a class-specific context's rows for the current classes, matched by name (None: all rows, in order)
+    class_rows: torch.Tensor | None = None
 
     def __init__(self, backbone: Backbone, classnames: list[str], prompt_cfg: PromptConfig):
         super().__init__()
@@ -169,13 +195,54 @@ class PromptCLIP(nn.Module):
         return self.class_prompts.classnames
 
     def set_classnames(self, classnames: list[str]) -> None:
-        """Point the learned context at another class list (e.g. the new classes of base-to-new)."""
-        if self.prompt_cfg.class_specific and len(classnames) != self.class_prompts.num_classes:
-            raise DipclipError(
-                "a class-specific context cannot be applied to a different class list; "
-                "use a shared context (no --class-specific) to evaluate on new classes"
-            )
+        """Point the learned context at another class list (e.g. the new classes of base-to-new).
+
+        A class-specific context's rows are matched by class NAME, so the same classes in another order (or
+        a subset of them) give the same per-class prompts; a class it was not trained on is refused."""
+        if self.prompt_cfg.class_specific and [clean_classname(n) for n in classnames] == self.train_classnames:
+            self.class_rows = None  # the training classes themselves (repeated names too, e.g. ImageNet's)
+        elif self.prompt_cfg.class_specific:
+            rows = rows_by_name(self.train_classnames, classnames, "the class-specific context's rows")
+            if rows is None:
+                known = set(self.train_classnames)
+                unknown = [name for name in classnames if clean_classname(name) not in known]
+                raise DipclipError(
+                    f"the class-specific context has no prompt for the class(es) {', '.join(map(repr, unknown[:5]))}"
+                    f"{' ...' if len(unknown) > 5 else ''} (it knows only the {len(known)} classes it was trained "
+                    "on); ask for those classes, or train a shared context (no --class-specific) for new classes"
+                )
+            same = torch.equal(rows, torch.arange(len(self.train_classnames)))
+            self.class_rows = None if same else rows.to(self.context.initial.device)
         self.class_prompts = self._class_prompts(classnames)
+
+    def context_matrix(self, merged: bool = False) -> torch.Tensor:
+        """The context for the current classes (a class-specific one's rows picked by name);
+        ``merged``: the inference prompt (no dropout)."""
+        ctx = self.context.merged() if merged else self.context()
+        return ctx if self.class_rows is None else ctx.index_select(0, self.class_rows)
+
+    def frozen_digests(self) -> dict[str, str]:
+        """Digests of the frozen tensors rebuilt from the adapter config + backbone that the learned ones build
+        on; an adapter records them so that an edited config cannot silently give another classifier.
+
+        Per prompt matrix (``context``, deep and vision prompts): its initial prompt (the init text's token
+        embeddings or the seeded random draw: exact on every device) and, for DIP, how P0 derives from it
+        (``dip_init``, rank). P0 itself is not hashed: its SVD and matmul round differently on other CPUs and
+        BLAS builds, which must not refuse a good adapter. Plus the fixed words between the context and the
+        class name (MaPLe's and ProGrad's init tail). Not here: class-token embeddings (the asked classes'
+        own, from the backbone), and the frozen text features of KgCoOp, ProGrad and PromptSRC (training-only
+        teachers, from the backbone): the backbone identity check covers what the backbone gives.
+        """
+        digests = {}
+        for name, module in self.named_modules():
+            if isinstance(module, LowRankContext):
+                derivation = torch.tensor(list(f"dip/{module.init_mode}/{module.rank}".encode()), dtype=torch.uint8)
+                digests[name] = tensor_digest(module.initial, derivation)
+            elif isinstance(module, FullRankContext):
+                digests[name] = tensor_digest(module.initial)
+        words = self.backbone.tokenizer.encode(self.fixed_words) if self.fixed_words else []
+        digests["fixed_words"] = tensor_digest(torch.tensor(words, dtype=torch.long))
+        return digests
 
     image_conditioned = False  # True when class text features depend on the image (CoCoOp)
     # True when logits() takes raw images: image features depend on learned prompts (MaPLe, PromptSRC), or the
@@ -223,8 +290,7 @@ class PromptCLIP(nn.Module):
 
     def text_features(self, merged: bool = False) -> torch.Tensor:
         """Normalised class text features [C, D]; ``merged`` uses the inference prompt (no dropout)."""
-        ctx = self.context.merged() if merged else self.context()
-        return nn.functional.normalize(self.class_prompts(ctx).float(), dim=-1)
+        return nn.functional.normalize(self.class_prompts(self.context_matrix(merged)).float(), dim=-1)
 
     def logits(self, image_features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
         if text_features is None:

@@ -30,7 +30,7 @@ class CoCoOpCLIP(PromptCLIP):
     def logits(self, image_features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
         if text_features is not None:  # a fixed classifier was given: behave as a plain prompt
             return super().logits(image_features, text_features)
-        ctx = self.context()
+        ctx = self.context_matrix()  # a class-specific one's rows in the current class order
         shifts = self.meta_net(image_features)
         rows = []
         for feature, shift in zip(image_features, shifts, strict=True):

@@ -152,10 +152,11 @@ def gpa_weights(epochs: int, mean: float | None = None, std: float = 1.0) -> lis
 def frozen_text_features(backbone: Backbone, classnames: list[str]) -> torch.Tensor:
     """Normalised mean of CLIP's unnormalised text features over :data:`PROMPTSRC_TEMPLATES` [C, D]."""
     names = [clean_classname(c) for c in classnames]
+    # tokenized in one call, so that a model missing words warns once, not once per template
+    ids = backbone.tokenize([template.format(name) for template in PROMPTSRC_TEMPLATES for name in names])
     total = None
-    for template in PROMPTSRC_TEMPLATES:
-        ids = backbone.tokenize([template.format(name) for name in names])
-        features = backbone.text.encode_token_ids(ids).float()
+    for start in range(0, len(ids), len(names)):
+        features = backbone.text.encode_token_ids(ids[start:start + len(names)]).float()
         total = features if total is None else total + features
     return nn.functional.normalize(total / len(PROMPTSRC_TEMPLATES), dim=-1)
 

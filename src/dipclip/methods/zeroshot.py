@@ -43,12 +43,14 @@ def zeroshot_text_features(backbone: Backbone, classnames: Sequence[str], templa
     if not templates or bad:
         raise DipclipError(f"templates must contain '{{}}' where the class name goes, got {bad or 'none'}")
     names = [clean_classname(c) for c in classnames]
+    # tokenized in one call, so that a model missing words warns once, not once per template
+    token_ids = backbone.tokenize([template.format(name) for template in templates for name in names])
     total = None
-    for template in templates:
-        sentences = [template.format(name) for name in names]
+    for start in range(0, len(token_ids), len(names)):
+        ids = token_ids[start:start + len(names)]
         parts = [
-            backbone.text.encode_token_ids(backbone.tokenize(sentences[i : i + chunk_size])).float()
-            for i in range(0, len(sentences), chunk_size)
+            backbone.text.encode_token_ids(ids[i : i + chunk_size]).float()
+            for i in range(0, len(ids), chunk_size)
         ]
         features = nn.functional.normalize(torch.cat(parts), dim=-1)
         total = features if total is None else total + features

@@ -31,6 +31,7 @@ class LowRankContext(nn.Module):
         n_ctx, width = init.shape[-2:]
         if not 1 <= rank <= min(n_ctx, width):
             raise ValueError(f"DIP rank must be between 1 and min(n_ctx, width) = {min(n_ctx, width)}, got {rank}")
+        self.init_mode, self.rank = init_mode, rank  # how P0 derives from init: part of the adapter's digest
         lead = init.shape[:-2]  # () or (n_classes,) for class-specific contexts
         if init_mode == "zero-delta":
             a = torch.randn(*lead, n_ctx, rank) * a_init_std
