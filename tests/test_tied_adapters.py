@@ -225,3 +225,11 @@ def test_a_prompt_value_out_of_range_names_the_file(dip_adapter, tiny_backbone):
     _edit_config(dip_adapter, lambda c: c["prompt"].update(n_ctx=0))
     with pytest.raises(DipclipError, match=rf"adapter config {dip_adapter / CONFIG_NAME}: n_ctx must be >= 1"):
         model_from_adapter(load_adapter(dip_adapter), tiny_backbone, CLASSES)
+
+
+def test_an_edited_class_position_is_refused(dip_adapter, image_tree, capsys):
+    """The class position is no tensor, but it decides where the learned context sits in every prompt."""
+    _edit_config(dip_adapter, lambda c: c["prompt"].update(class_position="front"))
+    code, out, err = run(["eval", "--adapter", dip_adapter, "--data", image_tree, "--dataset", "imagefolder",
+                          "--device", "cpu"], capsys)
+    assert_refused(code, err, "its frozen token layout (class_position) rebuilt from adapter_config.json differs")

@@ -220,6 +220,7 @@ def _check_frozen(adapter: Adapter, model: PromptCLIP) -> None:
     rebuilt = model.frozen_digests()
     for name in sorted(set(recorded) | set(rebuilt)):
         if recorded.get(name) != rebuilt.get(name):
-            what = "fixed words before the class name" if name == "fixed_words" else f"P0 of {name}"
+            what = {"fixed_words": "fixed words before the class name",
+                    "layout": "token layout (class_position)"}.get(name, f"P0 of {name}")
             raise DipclipError(f"its frozen {what} rebuilt from {CONFIG_NAME} differs from the one it was trained "
                                "with (the config was edited or the backbone differs); use the adapter as saved")

@@ -229,8 +229,8 @@ class PromptCLIP(nn.Module):
         embeddings or the seeded random draw: exact on every device) and, for DIP, how P0 derives from it
         (``dip_init``, rank). P0 itself is not hashed: its SVD and matmul round differently on other CPUs and
         BLAS builds, which must not refuse a good adapter. Plus the fixed words between the context and the
-        class name (MaPLe's and ProGrad's init tail). Not here: class-token embeddings (the asked classes'
-        own, from the backbone), and the frozen text features of KgCoOp, ProGrad and PromptSRC (training-only
+        class name (MaPLe's and ProGrad's init tail) and the class position (the token layout). Not here:
+        class-token embeddings (the asked classes' own, from the backbone), and the frozen text features of KgCoOp, ProGrad and PromptSRC (training-only
         teachers, from the backbone): the backbone identity check covers what the backbone gives.
         """
         digests = {}
@@ -242,6 +242,9 @@ class PromptCLIP(nn.Module):
                 digests[name] = tensor_digest(module.initial)
         words = self.backbone.tokenizer.encode(self.fixed_words) if self.fixed_words else []
         digests["fixed_words"] = tensor_digest(torch.tensor(words, dtype=torch.long))
+        # where the class name sits decides which positions the learned context occupies
+        digests["layout"] = tensor_digest(torch.tensor(list(self.prompt_cfg.class_position.encode()),
+                                                       dtype=torch.uint8))
         return digests
 
     image_conditioned = False  # True when class text features depend on the image (CoCoOp)
