@@ -282,7 +282,7 @@ def test_out_that_is_a_file_is_refused_before_any_work(command, under, tiny_conf
     (["data", "split", "--dataset", "demo", "--shots", "1", "--seed", "1", "--out", "{tmp}"], "is a folder"),
     (["data", "make-split", "--data", "{tmp}", "--out", "{tmp}"], "is a folder"),
     (["data", "split", "--dataset", "demo", "--shots", "0", "--seed", "1"], "--shots: must be >= 1"),
-    (["data", "split", "--dataset", "demo", "--shots", "1", "--seed", "x"], "invalid int value: 'x'"),
+    (["data", "split", "--dataset", "demo", "--shots", "1", "--seed", "x"], "expected a whole number from 0 to"),
 ])
 def test_data_command_outputs_and_flags(argv, expected, tmp_path, capsys):
     code, _, err = run([a.replace("{tmp}", str(tmp_path)) for a in argv], capsys)
@@ -307,7 +307,7 @@ TRAIN = ["train", "--data", "x", "--dataset", "imagefolder"]
     (["--workers", "-1"], "--workers: must be >= 0"),
     (["--views", "0"], "--views: expected 'fresh' or a whole number >= 1"),
     (["--views", "many"], "--views: expected 'fresh' or a whole number >= 1"),
-    (["--seed", "1.5"], "--seed: invalid int value"),
+    (["--seed", "1.5"], "--seed: expected a whole number from 0 to"),
     (["--n-ctx", "0"], "--n-ctx: must be >= 1"),
     (["--rank", "0"], "--rank: must be >= 1"),
     (["--dip-dropout", "1"], "--dip-dropout: must be in [0, 1)"),
@@ -511,7 +511,7 @@ SUMMARY_DAMAGE = {
     "a JSON list": (lambda p: _write(p, "[]"), "holds a JSON list"),
     "not UTF-8": (lambda p: _write(p, b"\xff\xff"), "not UTF-8"),
     "another protocol": (lambda p: _write(p, json.dumps({"protocol": "b2n"})), "not a protocol summary.json"),
-    "a FIFO": (lambda p: os.mkfifo(p), "not found"),
+    "a FIFO": (lambda p: os.mkfifo(p), "not a regular file"),
     "missing": (lambda p: None, "not found"),
 }
 

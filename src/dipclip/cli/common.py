@@ -6,7 +6,9 @@ import argparse
 import math
 import os
 
-from ..argtypes import int_at_least
+from ..argcheck import class_names, template
+from ..argtypes import OneLineErrorParser, int_at_least, seed_arg  # noqa: F401 - re-exported (seed_arg: --seed(s))
+from ..errors import DipclipError
 
 FORMATTER = argparse.RawDescriptionHelpFormatter
 
@@ -14,13 +16,6 @@ FORMATTER = argparse.RawDescriptionHelpFormatter
 # tests/test_bad_input_cli.py checks this equals dipclip.methods.method_names().
 _BASE_METHODS = ("cocoop", "coop", "dept", "dip", "kgcoop", "maple", "prograd", "promptsrc")
 METHOD_NAMES = (*_BASE_METHODS, *(f"{name}+dip" for name in _BASE_METHODS if name != "dip"))
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse, but a bad option is one ``dipclip: error:`` line that points at --help, not a usage dump."""
-
-    def error(self, message: str):  # noqa: D401 - argparse API
-        self.exit(2, f"dipclip: error: {message} (see `{self.prog} --help`)\n")
 
 
 positive_int = int_at_least(1)
@@ -118,10 +113,22 @@ def views_arg(text: str) -> str | int:
 
 
 def classnames_arg(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names:
+    """Comma-separated class names: none empty (``a,,b``), none repeated or alike to CLIP's tokenizer (``a,A``)."""
+    names = [name.strip() for name in text.split(",")]
+    if not any(names):
         raise argparse.ArgumentTypeError("the class list is empty; give names separated by commas, e.g. cat,dog")
-    return names
+    try:
+        return class_names("the list", names)
+    except DipclipError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def template_arg(text: str) -> str:
+    """A template with exactly one ``{}`` slot for the class name."""
+    try:
+        return template("the template", text)
+    except DipclipError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def backbone_args(parser: argparse.ArgumentParser, adapter: str | None = None) -> None:

@@ -13,7 +13,7 @@ import sys
 from ..data._io import relative_path, write_json_atomic
 from ..data.registry import DATASET_KEYS
 from .common import FORMATTER as _FMT
-from .common import out_file, path_arg, positive_int
+from .common import out_file, path_arg, positive_int, seed_arg
 
 
 def add_commands(subparsers) -> None:
@@ -47,7 +47,7 @@ def add_commands(subparsers) -> None:
     split.add_argument("--dataset", required=True, choices=DATASET_KEYS, metavar="KEY",
                        help=f"one of: {', '.join(DATASET_KEYS)}")
     split.add_argument("--shots", required=True, type=positive_int, metavar="K", help="images per class (>= 1)")
-    split.add_argument("--seed", required=True, type=int, metavar="S", help="the run's seed (published: 1 2 3)")
+    split.add_argument("--seed", required=True, type=seed_arg, metavar="S", help="the run's seed (published: 1 2 3)")
     split.add_argument("--subsample", default="all", choices=("all", "base", "new"),
                        help="class half to keep (default: all)")
     split.add_argument("--cache-dir", type=path_arg, default=None, metavar="DIR",
@@ -70,7 +70,7 @@ def add_commands(subparsers) -> None:
     )
     make.add_argument("--data", type=path_arg, required=True, metavar="FOLDER", help="ImageFolder tree: FOLDER/<class>/<image>")
     make.add_argument("--out", type=out_file, default=None, metavar="FILE", help="output (default FOLDER/split_dipclip.json)")
-    make.add_argument("--seed", type=int, default=1, metavar="S", help="shuffle seed (default 1)")
+    make.add_argument("--seed", type=seed_arg, default=1, metavar="S", help="shuffle seed (default 1)")
     make.add_argument("--force", action="store_true", help="overwrite an existing split file")
     make.set_defaults(func=cmd_make_split)
 

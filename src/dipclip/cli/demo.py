@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import FORMATTER, crop_share, out_dir, path_arg, positive_float, positive_int
+from .common import FORMATTER, crop_share, out_dir, path_arg, positive_float, positive_int, seed_arg
 
 
 def add_commands(subparsers) -> None:
@@ -32,7 +32,7 @@ def add_commands(subparsers) -> None:
     demo.add_argument("--data", type=path_arg, default=None, metavar="ROOT", help="default: the shipped demo data")
     demo.add_argument("--dataset", default="demo_fashion", metavar="KEY",
                       help="default: demo_fashion (Fashion-MNIST); demo (drawings) is the other shipped dataset")
-    demo.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="default: 1 2 3")
+    demo.add_argument("--seeds", nargs="+", type=seed_arg, default=[1, 2, 3], help="default: 1 2 3")
     demo.add_argument("--shots", type=positive_int, default=16, help="default: 16")
     demo.add_argument("--epochs", type=positive_int, default=200,
                       help="default: 200, the base-to-new recipes' of CoOp and DIP")

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from .common import FORMATTER, backbone_args, classnames_arg, data_args, out_arg, path_arg, positive_int
+from .common import (
+    FORMATTER,
+    backbone_args,
+    classnames_arg,
+    data_args,
+    out_arg,
+    path_arg,
+    positive_int,
+    template_arg,
+)
 
 
 def add_commands(sub) -> None:
@@ -33,7 +42,8 @@ def add_commands(sub) -> None:
     backbone_args(zeroshot)
     data_args(zeroshot)
     zeroshot.add_argument("--split", default="test", choices=("train", "val", "test"), help="default: test")
-    zeroshot.add_argument("--template", action="append", default=None, help="template with {} (repeatable)")
+    zeroshot.add_argument("--template", action="append", type=template_arg, default=None,
+                          help="template with one {} for the class name (repeatable)")
     zeroshot.add_argument("--ensemble", action="store_true", help="CoOp's ensemble baseline: CLIP's 7 templates plus the dataset's own (not on ImageNet); "
                                "with --template, the given templates plus the 7")
     out_arg(zeroshot, None)
@@ -52,7 +62,8 @@ def add_commands(sub) -> None:
     predict.add_argument("--classes", type=classnames_arg, default=None,
                          help="comma-separated class names (default: the adapter's training classes)")
     predict.add_argument("--adapter", type=path_arg, default=None, metavar="DIR", help="adapter folder (default: zero-shot)")
-    predict.add_argument("--template", default="a photo of a {}.", help="zero-shot template")
+    predict.add_argument("--template", type=template_arg, default="a photo of a {}.",
+                         help="zero-shot template, with one {} for the class name")
     predict.add_argument("--top-k", type=positive_int, default=5, help="classes per image (default 5)")
     backbone_args(predict, adapter=" with --adapter")
     predict.add_argument("--data", type=path_arg, default=None, metavar="ROOT", help="take the classes from this dataset")

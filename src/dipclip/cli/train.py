@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .common import FORMATTER, METHOD_NAMES, backbone_args, data_args, out_arg, positive_int
+from .common import FORMATTER, METHOD_NAMES, backbone_args, data_args, out_arg, positive_int, seed_arg
 from .overrides import add_override_args, override_kwargs
 
 
@@ -31,7 +31,7 @@ def add_commands(sub) -> None:
     backbone_args(train)
     data_args(train)
     train.add_argument("--shots", type=positive_int, default=16, metavar="K", help="images per class (default 16)")
-    train.add_argument("--seed", type=int, default=1, help="seed of sampling and training (default 1)")
+    train.add_argument("--seed", type=seed_arg, default=1, help="seed of sampling and training (default 1)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     train.add_argument("--dry-run", action="store_true",
                        help="print the fully resolved configuration (recipe + overrides) as JSON and exit")

@@ -16,9 +16,12 @@ Custom data (``--data`` points at the data itself):
 * ``csv``: a CSV file ``path,label[,classname],split`` (with a header row naming the columns; ``split``
   is one of train/val/test, on every row: rows without one are refused, for the same reason), or a folder
   holding ``train.csv``, ``test.csv`` and optionally ``val.csv`` (a header row is optional there). Labels
-  are integers from 0; class names come from the ``classname`` column or from a ``classnames.txt`` (one
-  name per line, in label order) next to the CSV. Paths are relative to the CSV's folder (or absolute)
-  and must lie under it.
+  are whole numbers from 0 in the digits 0-9 (``３``, ``٣``, ``3.0`` or ``+3`` are refused, not guessed at);
+  class names come from the ``classname`` column or from a ``classnames.txt`` (one name per line, in label
+  order) next to the CSV. Paths are relative to the CSV's folder (or absolute) and must lie under it.
+
+A custom split (``split_dipclip.json`` or a CSV) whose test images are also its training images is
+refused like a tree without a split.
 
 Every listed path must lie under its data root (the image folder, or the CSV's folder): an absolute
 path elsewhere or one climbing out with ``..`` is a problem (symlinks are resolved for the images a run
@@ -30,6 +33,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +47,9 @@ IMAGE_EXTENSIONS = frozenset(
 SPLITS = ("train", "val", "test")
 CUSTOM_SPLIT_FILE = "split_dipclip.json"
 _MAX_ENTRY_PROBLEMS = 5  # malformed JSON entries reported individually before a summary line
+# A label written as text is a whole number in ASCII digits: str.isdigit() also takes '٣', '１' and '³' (and int()
+# reads the first two as 3 and 1, and fails on the third), so a label that only looks like a number is refused.
+_LABEL_TEXT = re.compile(r"[0-9]+")
 
 __all__ = [
     "CUSTOM_SPLIT_FILE",
@@ -205,8 +212,8 @@ def _parse_entry(entry: object) -> tuple[str, int, str] | None:
     if not isinstance(entry, list | tuple) or len(entry) != 3:
         return None
     rel, label, classname = entry
-    if isinstance(label, str) and label.strip().isdigit():
-        label = int(label)  # Dassl reads labels with int(); accept "3" as it does
+    if isinstance(label, str) and _LABEL_TEXT.fullmatch(label.strip()):
+        label = int(label)  # Dassl reads labels with int(); accept "3" as it does (but only ASCII digits)
     if not isinstance(rel, str) or not rel or not isinstance(classname, str) or isinstance(label, bool):
         return None
     if not isinstance(label, int) or label < 0:
@@ -220,10 +227,10 @@ def _dense_classnames(names: dict[int, str], dataset: str, source: str, fix: str
         problems.append(Problem(dataset, f"{source} lists no images", fix, source))
         return []
     n = max(names) + 1
-    missing = [label for label in range(n) if label not in names]
-    if missing:
-        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
-        problems.append(Problem(dataset, f"{source}: labels must run from 0 to {n - 1} but {len(missing)} "
+    if n > len(names):  # gaps; counted, not listed, so that a label of 10**12 costs nothing
+        first = [label for label in range(min(n, len(names) + 10)) if label not in names][:10]
+        shown = ", ".join(map(str, first)) + (" ..." if n - len(names) > len(first) else "")
+        problems.append(Problem(dataset, f"{source}: labels must run from 0 to {n - 1} but {n - len(names)} "
                                 f"are never used ({shown})", fix, source))
         return []
     return [names[label] for label in range(n)]
@@ -404,8 +411,8 @@ def _read_imagenetv2(info: DatasetInfo, folder: Path, problems: list[Problem]) -
     names = list(classnames.values())
     test: list[Datum] = []
     present = _subdirs(image_root)
-    numeric = {int(d) for d in present if d.isdigit()}
-    odd = [d for d in present if not d.isdigit() or int(d) >= len(names)]
+    numeric = {int(d) for d in present if _LABEL_TEXT.fullmatch(d)}
+    odd = [d for d in present if not _LABEL_TEXT.fullmatch(d) or int(d) >= len(names)]
     if odd:
         problems.append(Problem(info.key, f"{image_root} has folder(s) that are not class numbers 0.."
                                 f"{len(names) - 1}: {', '.join(odd[:5])}", "remove them", str(image_root)))
@@ -463,6 +470,9 @@ def _read_imagefolder(info: DatasetInfo, root: Path, problems: list[Problem]) ->
         if obj is None:
             return None
         classnames, items = parse_split_json(obj, root, info.key, str(split_json), problems)
+        if _trained_on_test(info.key, str(split_json), items, f"list each image in train or test, not both, or {fix}",
+                            problems):
+            return None
         return DatasetSplits(info.key, classnames, items["train"], items["val"], items["test"], image_root=root,
                              template=info.template)
     split_dirs = {s: root / s for s in SPLITS if (root / s).is_dir()}
@@ -546,9 +556,11 @@ def _read_csv(info: DatasetInfo, root: Path, problems: list[Problem]) -> Dataset
                                     "make the classname column agree with classnames.txt (or drop one)", str(txt)))
             return None
     else:
-        if len(names) < max_label + 1:
-            problems.append(Problem(info.key, "some labels have no class name (no classname column and no "
-                                    "classnames.txt next to the CSV)", f"add a classname column or {txt}"))
+        unnamed = {label for s in SPLITS for _, label, _ in rows[s]} - set(names)
+        if unnamed:
+            problems.append(Problem(info.key, f"label {min(unnamed)} has no class name ({len(unnamed)} such "
+                                    "label(s); no classname column and no classnames.txt next to the CSV)",
+                                    f"add a classname column or {txt}"))
             return None
         classnames = _dense_classnames(names, info.key, str(root), "use labels 0..n-1 without gaps", problems)
     if not rows["train"] and not problems:
@@ -564,8 +576,23 @@ def _read_csv(info: DatasetInfo, root: Path, problems: list[Problem]) -> Dataset
                   else "") for p, label, _ in rows[s]]
         for s in SPLITS
     }
+    if _trained_on_test(info.key, str(root), items, "list each image in train or test, not both", problems):
+        return None
     return DatasetSplits(info.key, classnames, items["train"], items["val"], items["test"], image_root=base,
                          template=info.template)
+
+
+def _trained_on_test(dataset: str, source: str, items: dict[str, list[Datum]], fix: str,
+                     problems: list[Problem]) -> bool:
+    """Whether a custom split lists some of its test images among its training images (by path): the
+    accuracy would be measured on trained images, as with a folder tree without a split (recorded as a problem)."""
+    train = {os.path.normpath(item.path) for item in items["train"]}
+    shared = [item.path for item in items["test"] if os.path.normpath(item.path) in train]
+    if shared:
+        problems.append(Problem(dataset, f"{source}: {len(shared)} of its {len(items['test'])} test images are also "
+                                f"training images (first: {shared[0]}), so accuracy would be measured on trained "
+                                "images", fix, source))
+    return bool(shared)
 
 
 def _csv_rows(path: Path, dataset: str, problems: list[Problem], with_split: bool):
@@ -600,9 +627,9 @@ def _csv_rows(path: Path, dataset: str, problems: list[Problem], with_split: boo
             return cells[i] if i is not None and i < len(cells) and cells[i] != "" else None
 
         p, label, split = cell("path"), cell("label"), cell("split")
-        if p is None or label is None or not label.isdigit():
-            problems.append(Problem(dataset, f"{path}:{n}: expected 'path,label[,classname]' with an integer "
-                                    f"label, got {','.join(cells)[:80]!r}", fix, str(path)))
+        if p is None or label is None or not _LABEL_TEXT.fullmatch(label):
+            problems.append(Problem(dataset, f"{path}:{n}: expected 'path,label[,classname]' with an integer label "
+                                    f"written in the digits 0-9, got {','.join(cells)[:80]!r}", fix, str(path)))
             continue
         if split is not None and split.lower() not in SPLITS:
             problems.append(Problem(dataset, f"{path}:{n}: split {split!r} is not train, val or test", fix,

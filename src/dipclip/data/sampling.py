@@ -18,7 +18,8 @@ sort the labels, base = the first ceil(n/2), new = the rest, relabel each half f
 
 An existing ``<folder>/split_fewshot/shot_{K}-seed_{S}.pkl`` written by the Dassl-based code is
 preferred: it is read with an unpickler that only admits Dassl's ``Datum`` class, and its absolute
-paths are matched to the split's images by their image-root-relative suffix. Our own cache is JSON
+paths are matched to the split's images by their image-root-relative suffix; one with more images of a class
+than ``K`` (or an image twice) is not the K-shot split and is refused. Our own cache is JSON
 with paths relative to the image root, written atomically. It records what it was made for (dataset, split
 fingerprint, shots, seed) and a sha256 of its rows; an entry that fails a check is resampled and
 rewritten with a one-line warning, never used (sampling is deterministic, so nothing is lost).
@@ -37,7 +38,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import DipclipError, warn
-from ..paths import remove_stale_temps
+from ..paths import cache_unwritable, remove_stale_temps
 from ._io import write_json_atomic
 from .datasets import dataset_folder
 from .registry import CUSTOM, dataset_info
@@ -229,6 +230,33 @@ def _rel_lookup(splits: DatasetSplits, names: Sequence[str]) -> dict[str, Datum]
     return lookup
 
 
+def check_dassl_counts(path: str | Path, data: dict[str, list[Datum]], splits: DatasetSplits, shots: int,
+                       sample_val: bool = True) -> None:
+    """A Dassl pkl is the ``shots``-shot split only if no class has more than ``shots`` training images (and
+    ``min(shots, 4)`` val images), each listed once: one with more (renamed, or written for other shots) would
+    train on more images than ``metrics.json`` says, so it is refused."""
+    for split, most in (("train", shots), ("val", min(shots, 4))):
+        if split == "val" and not sample_val:
+            continue
+        items = data.get(split) or []
+        counts: dict[int, int] = {}
+        seen: set[Datum] = set()
+        for item in items:
+            if item in seen:
+                raise DipclipError(f"few-shot cache {path} lists {item.path} twice in {split!r}, so it is not a "
+                                   "few-shot split; delete it to resample from the split file")
+            seen.add(item)
+            counts[item.label] = counts.get(item.label, 0) + 1
+        over = [(label, count) for label, count in counts.items() if count > most]
+        if over:
+            label, count = over[0]
+            name = splits.classnames[label] if 0 <= label < len(splits.classnames) else label
+            more = f" (and {len(over) - 1} more classes)" if len(over) > 1 else ""
+            raise DipclipError(f"few-shot cache {path} holds {count} {split} images of class {name!r}{more}, more "
+                               f"than the {most} of --shots {shots}, so it is not the {shots}-shot split; delete it "
+                               "to resample, or check --shots")
+
+
 # ----------------------------------------------------------------------------------------------------
 # Our portable cache
 
@@ -363,6 +391,7 @@ def select_few_shot(splits: DatasetSplits, root: str | Path, key: str, shots: in
             data = read_dassl_cache(pkl, splits)
             if sample_val and "val" not in data:
                 raise DipclipError(f"few-shot cache {pkl} has no 'val' list; delete it to resample")
+            check_dassl_counts(pkl, data, splits, shots, sample_val)
             selection = FewShotSelection(data["train"], data.get("val") if sample_val else None, "dassl-pkl",
                                          str(pkl))
     ours = cache_file(cache_dir, key, shots, seed, split_fingerprint(splits)) if cache_dir is not None else None
@@ -382,7 +411,7 @@ def select_few_shot(splits: DatasetSplits, root: str | Path, key: str, shots: in
         try:
             write_cache(ours, splits, selection, shots, seed)
         except OSError as exc:  # a cache is a convenience: an unwritable one must not stop a run
-            warn(f"could not write few-shot cache {ours} ({exc.strerror or exc}); the run goes on without it")
+            cache_unwritable("few-shot cache", ours.parent, exc)
     return selection
 
 

@@ -5,7 +5,7 @@ A bad image or split found after 200 epochs costs the run; found here it costs s
 
 - splits: an empty training or test split, a training split with a class that has no images or with a
   single class, a test split of a single-class dataset, labels outside the class list or whose class name
-  is not the list's, duplicate class names;
+  is not the list's, an empty class name, or two that CLIP's tokenizer reads alike (``Cat`` and ``cat``);
 - images (every one the run will read: its training images and the test splits it evaluates): a path
   that resolves outside the data root (``../``, absolute paths, symlinks), a missing file, anything but a
   regular file (a named pipe would block the run forever), a header that does not decode, an image above
@@ -13,7 +13,9 @@ A bad image or split found after 200 epochs costs the run; found here it costs s
   a path outside the data root is refused all the same.
 
 What is allowed but worth knowing is returned as warnings (printed, and kept in ``metrics.json`` as
-``data_warnings``): fewer training images in a class than ``--shots``, a single-class new half, skipped images.
+``data_warnings``): fewer training images in a class than ``--shots``, a single-class new half, skipped images,
+test images that are also training images of the run (a published split file, which is never rewritten; the
+custom readers refuse such a split).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from ..argcheck import classname_problem
 from ..errors import DipclipError
 from .images import check_image
 from .types import DatasetSplits, Datum
@@ -42,12 +45,13 @@ def _where(splits: DatasetSplits) -> str:
 
 
 def check_classes(splits: DatasetSplits) -> None:
-    """Class names are unique, and every item's label and class name are those of the class list."""
+    """Class names are non-empty and unique as CLIP's tokenizer reads them (``Cat`` and ``cat`` are one text:
+    the two classes would get the same text feature, and every image of one counted wrong), and every item's
+    label and class name are those of the class list."""
     where = _where(splits)
-    doubled = [name for name, count in Counter(splits.classnames).items() if count > 1]
-    if doubled:
-        raise DipclipError(f"{where} names several classes {_names(doubled)}; class names must be unique (the text "
-                           "encoder could not tell them apart): rename the folders or fix the split file")
+    problem = classname_problem(splits.classnames)
+    if problem is not None:
+        raise DipclipError(f"{where} {problem}: rename the folders or fix the split file")
     n = splits.num_classes
     for split in ("train", "val", "test"):
         for item in splits.split(split):
@@ -105,6 +109,20 @@ def shot_warnings(splits: DatasetSplits, shots: int | None) -> list[str]:
     more = f" and {len(short) - _SHOWN} more" if len(short) > _SHOWN else ""
     return [f"--shots {shots}, but {len(short)} of {splits.num_classes} classes have fewer training images "
             f"({listed}{more}); they train on all they have"]
+
+
+def overlap_warnings(splits: DatasetSplits, tests: Sequence[tuple[str, DatasetSplits, bool]]) -> list[str]:
+    """One warning per evaluated test split that holds some of the run's training images (by path): their
+    accuracy is not a test accuracy."""
+    train = {os.path.normpath(item.path) for item in splits.train}
+    warnings = []
+    for name, other, _ in tests:
+        shared = [item.path for item in other.test if os.path.normpath(item.path) in train]
+        if shared:
+            warnings.append(f"{len(shared)} of the {len(other.test)} {name!r} test images are also training images "
+                            f"of this run (first: {shared[0]}), so part of that accuracy is on trained images: "
+                            "list each image in one split only")
+    return warnings
 
 
 def _inside(path: str, root_real: str, dirs: dict[str, str]) -> str | None:
@@ -183,6 +201,7 @@ def check_for_training(splits: DatasetSplits, tests: Sequence[tuple[str, Dataset
     for name, other, half in tests:
         warnings += check_test_split(other, "test", name, half)
     warnings += shot_warnings(splits, shots)
+    warnings += overlap_warnings(splits, tests)
     warnings += check_images(splits.train, splits.image_root, skip_bad_images)
     for _, other, _ in tests:
         warnings += check_images(other.test, other.image_root, skip_bad_images)
