@@ -75,7 +75,7 @@ def run_demo(
             if metrics.get("density"):
                 densities.append(metrics["density"]["id_prompt"])
             if method != "zeroshot" and seed == seeds[0]:
-                report = analyze_run(folder, out=out / "analysis")
+                report = analyze_run(folder, out=out / "analysis", name=f"{method}-seed{seed}")
                 plots.append(report["png"])
         rows.append({
             "method": method,

@@ -21,6 +21,21 @@ def cache_root() -> Path:
     return Path(os.environ.get("DIPCLIP_CACHE_DIR") or Path.home() / ".cache" / "dipclip")
 
 
+_UNWRITABLE: set[str] = set()  # cache folders already reported unwritable by this process
+
+
+def cache_unwritable(what: str, folder: str | Path, exc: OSError, bypass: str = "") -> None:
+    """Warn once per folder and process that a cache cannot be written (read-only, full, not a folder): a
+    cache only saves time, so the run goes on without it; the fix is the cache's own setting, not --out."""
+    from .errors import warn
+
+    if str(folder) in _UNWRITABLE:
+        return
+    _UNWRITABLE.add(str(folder))
+    warn(f"cannot write the {what} in {folder} ({exc.strerror or type(exc).__name__}); the run goes on without "
+         f"it: set DIPCLIP_CACHE_DIR to a writable folder{bypass}")
+
+
 def remove_stale_temps(folder: str | Path, min_age_seconds: float = STALE_TEMP_SECONDS,
                        suffixes: Collection[str] | None = None) -> int:
     """Remove the atomic-write temporaries (``.NAME.XXXXXXXX.tmp``, regular files only) in ``folder`` that

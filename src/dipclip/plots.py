@@ -5,10 +5,78 @@ Each function writes a PNG and returns the plotted series, so tests and scripts 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from .engine.reproducibility import atomic_write_bytes
+from .errors import DipclipError
+from .files import read_json
+
+PROTOCOLS = ("base2new", "fewshot", "xd", "dg")
+SUMMARY_GIVE = "give the summary.json a protocol command wrote (runs/PROTOCOL/summary.json)"
+SUMMARY_FIX = ("restore it, or rerun the protocol command with the same --out (finished runs are kept and "
+               "summary.json is written again from them)")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def shown(value) -> str:
+    """A value as the JSON file spells it, cut short: what an error says it found."""
+    import json
+
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def described(key: str, holder: dict) -> str:
+    """``'rows' is []`` or ``no 'rows'``: what an error line says it found under ``key``."""
+    return f"{key!r} is {shown(holder[key])}" if key in holder else f"no {key!r}"
+
+
+def summary_problem(summary: dict) -> str | None:
+    """What a hand-edited summary.json lacks for its plot (keys, types, rows of the wrong shape), or None."""
+    columns, rows = summary.get("columns"), summary.get("rows")
+    if not (isinstance(columns, list) and columns and all(isinstance(c, str) and c for c in columns)):
+        return (f"{described('columns', summary)} (expected a list of column names, e.g. "
+                "[\"base\", \"new\", \"hm\"])")
+    if not isinstance(rows, list) or not rows:
+        return f"{described('rows', summary)} (expected a non-empty list of rows, one per method and dataset)"
+    needed = list(columns) + (["test"] if summary["protocol"] == "fewshot" and "test" not in columns else [])
+    shape = ("an object with dataset, method" + (", shots" if summary["protocol"] == "fewshot" else "")
+             + " and " + ", ".join(needed) + " as {\"mean\": number or null, ...}")
+    for index, row in enumerate(rows):
+        where = f"rows[{index}]"
+        if not isinstance(row, dict):
+            return f"{where} is {shown(row)} (expected {shape})"
+        for key in ("dataset", "method"):
+            if not isinstance(row.get(key), str):
+                return f"{where}: {described(key, row)} (expected {shape})"
+        if summary["protocol"] == "fewshot" and not (_is_number(row.get("shots")) and row["shots"] > 0):
+            return f"{where}: {described('shots', row)} (expected {shape})"
+        for column in needed:
+            cell = row.get(column)
+            if not isinstance(cell, dict) or "mean" not in cell or not (cell["mean"] is None
+                                                                          or _is_number(cell["mean"])):
+                return f"{where}: {described(column, row)} (expected {shape})"
+    return None
+
+
+def load_summary(path: str | Path) -> dict:
+    """A protocol's summary.json, checked for what the plots read: one line naming the file otherwise."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        raise DipclipError(f"{path} not found; {SUMMARY_GIVE}")
+    summary = read_json(path, "protocol summary", SUMMARY_GIVE)
+    if summary.get("protocol") not in PROTOCOLS:
+        raise DipclipError(f"{path} is not a protocol summary.json (protocol {summary.get('protocol')!r}, expected "
+                           f"one of {', '.join(PROTOCOLS)}); {SUMMARY_GIVE}")
+    problem = summary_problem(summary)
+    if problem is not None:
+        raise DipclipError(f"{path}: {problem}; {SUMMARY_FIX}")
+    return summary
 
 
 def _pyplot():

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DipclipError
-from ..files import read_json
 from .common import FORMATTER, out_dir, path_arg
 
 
@@ -38,35 +37,37 @@ def add_commands(subparsers) -> None:
 
 
 def cmd_analyze(args) -> int:
-    from ..analysis import analyze_run
+    from ..analysis import analysis_names, analyze_run, load_run
 
-    for run in args.runs:
-        report = analyze_run(run, out=args.out)
+    for run in args.runs:  # every run checked before any file is written
+        load_run(run)
+    for run, name in zip(args.runs, analysis_names(args.runs), strict=True):
+        report = analyze_run(run, out=args.out, name=name)
         parts = []
-        for name, value in report["spearman"].items():
+        for pair, value in report["spearman"].items():
             rho = "n/a" if value["rho"] is None else f"{value['rho']:+.3f}"
-            parts.append(f"rho({name}) = {rho} over {value['points']} epochs")
+            parts.append(f"rho({pair}) = {rho} over {value['points']} epochs")
         rhos = ", ".join(parts) or "no evaluations recorded (train with --eval-every)"
         print(f"{run}: {report['method']} on {report['dataset']}: {rhos}; plot {report['png']}")
     return 0
 
 
 def cmd_plot(args) -> int:
-    from ..plots import plot_base_new_bars, plot_fewshot_curves
+    from ..plots import load_summary, plot_base_new_bars, plot_fewshot_curves
 
     path = Path(args.summary)
-    if not path.is_file():
-        raise DipclipError(f"{path} not found; give the summary.json a protocol command wrote")
-    summary = read_json(path, "protocol summary", "give the summary.json a protocol command wrote")
-    protocol = summary.get("protocol")
-    if protocol not in ("base2new", "fewshot", "xd", "dg"):
-        raise DipclipError(f"{path} is not a protocol summary.json (protocol {protocol!r})")
+    if path.is_dir():  # the protocol's folder (runs/base2new) holds its summary.json
+        if not (path / "summary.json").is_file():
+            raise DipclipError(f"{path} is a folder without a summary.json; give the summary.json a protocol "
+                               "command wrote (runs/PROTOCOL/summary.json)")
+        path = path / "summary.json"
+    summary = load_summary(path)
     out = Path(args.out) if args.out else path.parent
-    if protocol == "fewshot":
+    if summary["protocol"] == "fewshot":
         target = out / "fewshot_curves.png"
         plot_fewshot_curves(summary, target)
     else:
-        target = out / f"{protocol}_bars.png"
+        target = out / f"{summary['protocol']}_bars.png"
         plot_base_new_bars(summary, target)
     print(f"wrote {target}")
     return 0

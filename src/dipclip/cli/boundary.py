@@ -42,4 +42,8 @@ def run_guarded(body: Callable[[], int | None], argv: Sequence[str]) -> int:
     except Exception as exc:  # noqa: BLE001 - the one boundary: a disk, memory or a file we did not foresee
         from ..files import describe_error
 
-        return fail(describe_error(exc), debug)
+        line = describe_error(exc)
+        rest = [arg for arg in argv if arg != "--debug"]
+        if line.startswith("unexpected ") and rest and not rest[0].startswith("-"):
+            line = f"`dipclip {rest[0]}` stopped on an {line}"  # a bug or an unchecked input: name the command
+        return fail(line, debug)

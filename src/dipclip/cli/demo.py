@@ -44,7 +44,8 @@ def add_commands(subparsers) -> None:
     demo.add_argument("--quick", action="store_true", help="one seed, 2 epochs, 4 shots: a smoke test")
     demo.add_argument("--device", default="auto")
     demo.add_argument("--out", type=out_dir, default="runs/demo", metavar="DIR", help="default: runs/demo")
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("--quiet", action="store_true",
+                      help="no progress bars and no per-epoch lines (metrics.json keeps them)")
     demo.set_defaults(func=cmd_demo)
 
     pretrain = subparsers.add_parser(

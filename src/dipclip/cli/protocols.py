@@ -58,7 +58,7 @@ def add_commands(subparsers) -> None:
                             help="open_clip tag, weights file, dipclip-tiny, or 'none' for random weights (required)")
         parser.add_argument("--device", default="auto")
         parser.add_argument("--out", type=out_dir, default="runs", metavar="DIR", help="default: runs")
-        parser.add_argument("--quiet", action="store_true", help="no progress bars")
+        parser.add_argument("--quiet", action="store_true", help="no progress bars, no per-epoch lines")
         add_override_args(parser, protocol_command=True)
         parser.set_defaults(func=cmd_protocol, protocol=protocol)
 

@@ -48,11 +48,12 @@ def cmd_list(args) -> int:
 
 
 def cmd_show(args) -> int:
+    from ..data.registry import DATASET_KEYS
     from ..methods import get_method
     from ..recipes import resolve_recipe
 
     name = get_method(args.method).name  # checks the name (and spells +dip as the method does)
-    recipe = resolve_recipe(name, args.protocol, args.dataset, args.shots)
+    recipe = resolve_recipe(name, args.protocol, args.dataset, args.shots, known_datasets=DATASET_KEYS)
     print(json.dumps({"name": recipe.name, "values": recipe.values, "source": recipe.source, "files": recipe.files,
                       "notes": recipe.notes}, indent=2))
     return 0

@@ -36,7 +36,8 @@ def add_commands(sub) -> None:
     train.add_argument("--dry-run", action="store_true",
                        help="print the fully resolved configuration (recipe + overrides) as JSON and exit")
     add_override_args(train)
-    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--quiet", action="store_true",
+                       help="no progress bars and no per-epoch lines (metrics.json keeps them)")
     out_arg(train, "runs/train")
     train.set_defaults(func=cmd_train)
 

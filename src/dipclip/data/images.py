@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from ..errors import DipclipError
 from .types import Datum
@@ -43,17 +43,19 @@ def _file_kind(mode: int) -> str:
     return "not a regular file"
 
 
-def open_regular(path: str) -> BinaryIO:
+def open_regular(path: str, fix: str | None = None) -> BinaryIO:
     """``path`` opened for reading once it is known to be a regular file (symlinks to one are fine).
 
     A named pipe, device or socket is refused from ``stat`` alone, before any ``open``: opening a pipe
     blocks until a writer appears, which could be never. The file is opened non-blocking and checked again
     on its descriptor, so one swapped in between is refused too.
     """
-    fix = "fix the split file (for a dataset, `dipclip doctor` lists every bad file)"
+    fix = fix or "fix the split file (for a dataset, `dipclip doctor` lists every bad file)"
     try:
         info = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
+        if any(char in str(path) for char in "*?["):  # a shell passes a pattern that matched nothing as it is
+            raise DipclipError(f"no file matches {path}; check the pattern and the folder ({fix})") from None
         raise DipclipError(f"image not found: {path}; check the path ({fix})") from None
     except OSError as exc:  # a symlink loop, a name too long, no permission
         raise DipclipError(f"cannot read image {path} ({exc.strerror}); {fix}") from None
@@ -71,10 +73,11 @@ def open_regular(path: str) -> BinaryIO:
 
 
 @contextlib.contextmanager
-def _opened_image(path: str) -> Iterator[Image.Image]:
-    """The lazily decoded image at ``path`` (header read, size checked); every failure is a DipclipError."""
+def _opened_image(path: str, fix: str | None = None) -> Iterator[Image.Image]:
+    """The lazily decoded image at ``path`` (header read, size checked); every failure is a DipclipError
+    whose fix is ``fix`` where the caller knows better than the split-file default (``predict``)."""
     try:
-        with open_regular(path) as handle, warnings.catch_warnings():
+        with open_regular(path, fix) as handle, warnings.catch_warnings():
             # Pillow warns from ~89 Mpx; our own limit below decides, so that the threshold is one number.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(handle) as img:
@@ -90,23 +93,24 @@ def _opened_image(path: str) -> Iterator[Image.Image]:
     except Image.DecompressionBombError as exc:
         raise DipclipError(f"image {path} refused as a decompression bomb ({exc}); downscale it") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        reason = "not an image format Pillow knows" if isinstance(exc, UnidentifiedImageError) else exc
         raise DipclipError(
-            f"cannot decode image {path} ({exc}); replace the file or pass --skip-bad-images"
+            f"cannot decode image {path} ({reason}); {fix or 'replace the file or pass --skip-bad-images'}"
         ) from None
 
 
-def load_rgb(path: str) -> Image.Image:
+def load_rgb(path: str, fix: str | None = None) -> Image.Image:
     """Open an image as RGB; RGBA/LA/palette images are composited on white, greyscale is expanded."""
-    with _opened_image(path) as img:
+    with _opened_image(path, fix) as img:
         img.load()
         return to_rgb(img)
 
 
-def check_image(path: str) -> None:
+def check_image(path: str, fix: str | None = None) -> None:
     """Raise :class:`DipclipError` unless ``path`` is a regular file whose header decodes, within the pixel
     limit. Reads the header and checks the file's structure (PNG chunk checksums, ...) without decoding the
     pixels, so checking a split costs a fraction of encoding it."""
-    with _opened_image(path) as img:
+    with _opened_image(path, fix) as img:
         img.verify()
 
 

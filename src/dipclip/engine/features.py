@@ -47,7 +47,7 @@ from ..data.images import BadImage, ImageDataset, collate_skipping_bad
 from ..data.transforms import RECIPE_CROP_SCALE, test_transform, train_transform
 from ..data.types import Datum
 from ..errors import DipclipError, warn
-from ..paths import cache_root, remove_stale_temps
+from ..paths import cache_root, cache_unwritable, remove_stale_temps
 from .reproducibility import atomic_write_bytes
 
 FORMAT_VERSION = 4  # 2: class-token last block; 3: entries carry a checksum; 4: items keyed by content
@@ -376,7 +376,16 @@ class FeatureStore:
                    "valid": encoded.valid.to(torch.uint8).contiguous()}
         metadata = {"dipclip_features": json.dumps(payload, sort_keys=True),
                     "sha256": _checksum(tensors["features"], tensors["labels"], tensors["valid"])}
-        atomic_write_bytes(path, save(tensors, metadata=metadata))
+        if not self.enabled:  # the lock could not be taken: the cache folder is not writable
+            return
+        try:
+            atomic_write_bytes(path, save(tensors, metadata=metadata))
+        except OSError as exc:  # read-only, full, or not a folder: go on uncached, as --no-feature-cache would
+            self._unwritable(exc)
+
+    def _unwritable(self, exc: OSError) -> None:
+        self.enabled = False
+        cache_unwritable("feature cache", self.root, exc, " (or pass --no-feature-cache)")
 
     @contextlib.contextmanager
     def _locked(self, path: Path):
@@ -387,8 +396,14 @@ class FeatureStore:
         except ImportError:
             yield
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.with_name(path.name + ".lock"), "a+b") as handle:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(path.with_name(path.name + ".lock"), "a+b")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            self._unwritable(exc)
+            yield
+            return
+        with handle:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             try:
                 yield

@@ -20,7 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..argtypes import int_at_least
+from ..argtypes import OneLineErrorParser, int_at_least
+from ..errors import DipclipError
 
 EMOJI_PACKAGES = {"emoji-datasource": "16.0.0", "emoji-datasource-twitter": "16.0.0",
                   "emoji-datasource-google": "16.0.0", "openmoji": "17.0.0"}
@@ -56,7 +57,7 @@ def logit_scale(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="dipclip pretrain",
         description="Pretrain dipclip's small CLIP on public-domain clip art, emoji and Fashion-MNIST, and "
                     "write the shipped model (OUT/dipclip-tiny) and demo dataset (OUT/demo).",
@@ -112,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "split; the other flags must be that run's (checked against its log)")
     parser.add_argument("--no-openmoji", action="store_true",
                         help="leave OpenMoji (CC BY-SA 4.0, SVG, needs rsvg-convert) out of pretraining and demo")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, also print the Python traceback (or set DIPCLIP_DEBUG=1)")
     return parser
 
 
@@ -121,7 +124,14 @@ def fetch_emoji(target: Path) -> None:
     for name, version in EMOJI_PACKAGES.items():
         if (target / name / "package" / "package.json").is_file():
             continue
-        subprocess.run(["npm", "pack", f"{name}@{version}"], cwd=target, check=True, stdout=subprocess.DEVNULL)
+        if shutil.which("npm") is None:
+            raise DipclipError("--fetch-emoji needs npm, which is not installed: apt-get install npm, or unpack "
+                               f"{name}@{version} as {target / name / 'package'} yourself (--emoji-dir)")
+        try:
+            subprocess.run(["npm", "pack", f"{name}@{version}"], cwd=target, check=True, stdout=subprocess.DEVNULL)
+        except subprocess.CalledProcessError as exc:
+            raise DipclipError(f"`npm pack {name}@{version}` failed in {target} (exit {exc.returncode}); check the "
+                               "network and npm's output above, or unpack the package yourself (--emoji-dir)") from None
         with tarfile.open(target / f"{name}-{version}.tgz") as archive:
             archive.extractall(target / name, filter="data")
 
@@ -184,16 +194,14 @@ def main(argv: list[str] | None = None) -> int:
         fetch_emoji(args.emoji_dir)
     problems = check_sources(args)
     if problems:
-        print("dipclip pretrain: missing sources\n  " + "\n  ".join(problems), file=sys.stderr)
-        return 2
+        raise DipclipError(f"pretraining sources missing ({len(problems)}): " + "; ".join(problems))
     fashion_dir = args.fashion_dir if (args.fashion_dir / "train-images-idx3-ubyte.gz").is_file() else None
     started = time.time()
     finished = None
     if args.demo_only:
         finished, problem = finished_run(args.work, argv)
         if finished is None:
-            print(f"dipclip pretrain: --demo-only: {problem}; run the command without --demo-only", file=sys.stderr)
-            return 2
+            raise DipclipError(f"--demo-only: {problem}; run the command without --demo-only")
     log = train.write_log_line(args.work / "train_log.jsonl")
     # a rebuild is logged under its own key, so the training run stays the log's last run
     log({"demo_only" if args.demo_only else "command": command_line(argv),
@@ -212,10 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     train_items = [items[i] for i in train_index]
     if finished is not None:
         if finished["trained_on"] != {it.key for it in train_items}:
-            print(f"dipclip pretrain: --demo-only: the images held out now differ from those the run in "
-                  f"{args.work} trained without; rebuild the demo only after a change to how the held-out "
-                  "images are split, or retrain without --demo-only", file=sys.stderr)
-            return 2
+            raise DipclipError(f"--demo-only: the images held out now differ from those the run in {args.work} "
+                               "trained without; rebuild the demo only after a change to how the held-out images "
+                               "are split, or retrain without --demo-only")
     else:
         corpus.save_manifest(items, records, args.work / "manifest.json")
     classnames = sorted({r.classname for r in records})
@@ -267,11 +274,11 @@ def main(argv: list[str] | None = None) -> int:
             rebuilt = export.export_model(model, cfg.model_cfg, token_ids, Path(staging), provenance,
                                           logit_scale=args.shipped_logit_scale)["sha256"]
         if rebuilt != finished["export_sha256"]:
-            print(f"dipclip pretrain: --demo-only: the weights rebuilt from {args.work / FP32_NAME} export to sha256 "
-                  f"{rebuilt[:16]}, not the run's {finished['export_sha256'][:16]}; nothing in {args.out} was "
-                  "changed: retrain without --demo-only (a run exported before the recipe shipped CLIP's logit "
-                  "scale, --shipped-logit-scale, cannot be rebuilt by this version)", file=sys.stderr)
-            return 2
+            raise DipclipError(f"--demo-only: the weights rebuilt from {args.work / FP32_NAME} export to sha256 "
+                               f"{rebuilt[:16]}, not the run's {finished['export_sha256'][:16]}; nothing in "
+                               f"{args.out} was changed: retrain without --demo-only (a run exported before the "
+                               "recipe shipped CLIP's logit scale, --shipped-logit-scale, cannot be rebuilt by this "
+                               "version)")
     if finished is not None:
         corpus.save_manifest(items, records, args.work / "manifest.json")  # the new demo split, same images
     if (demo_dir / "images").is_dir():
@@ -340,7 +347,7 @@ def finished_run(work: Path, argv: list[str] | None) -> tuple[dict | None, str]:
     """
     from ..backbones.build import file_sha256
 
-    wanted = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--demo-only"]
+    wanted = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--demo-only", "--debug")]
     run_argv, last, weights_sha = None, None, None
     for record in log_records(work / "train_log.jsonl"):
         if "command" in record:
@@ -384,7 +391,7 @@ def learning_curve(log_path: Path, template: str = "a photo of a {}.") -> list[t
 
 
 def command_line(argv: list[str] | None) -> str:
-    args = sys.argv[1:] if argv is None else argv
+    args = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--debug"]  # not part of the recipe
     return "python -m dipclip.pretrain " + " ".join(shlex.quote(a) for a in args)
 
 
