@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_run import assert_refused, run
 from safetensors.torch import load_file, save_file
 
 from dipclip import api
 from dipclip.adapters import WEIGHTS_NAME, save_adapter
-from dipclip.cli import main
 from dipclip.density import density_report
 from dipclip.engine.evaluate import accuracy_from_features
 from dipclip.errors import DipclipError
@@ -26,24 +26,8 @@ OVERFLOW = "hold NaN/inf; its learned values are too large (trained with too hig
            "a lower --lr"
 
 
-def run(argv, capsys) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit_info:
-        code = exit_info.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
-def assert_refused(code: int, err: str, *expected: str) -> str:
-    """Exit 2 and one ``dipclip: error:`` line (the last) that says each of ``expected``."""
-    assert code == 2, err
-    assert "Traceback" not in err, err
-    lines = err.rstrip("\n").split("\n")
-    assert lines[-1].startswith("dipclip: error: ") and not any(x.startswith("dipclip: error") for x in lines[:-1])
-    for text in expected:
-        assert text in lines[-1], lines[-1]
-    return lines[-1]
 
 
 @pytest.fixture(scope="module")

@@ -12,29 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from dipclip.cli import main
-
-
-def run(argv, capsys) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit_info:
-        code = exit_info.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_refused(code: int, err: str, *expected: str) -> str:
-    """Exit 2, one error line (the last), no traceback, saying each of ``expected``; return the line."""
-    assert code == 2, err
-    assert "Traceback" not in err, err
-    lines = err.rstrip("\n").split("\n")
-    assert lines[-1].startswith("dipclip: error: "), err
-    assert not any(line.startswith("dipclip: error") for line in lines[:-1]), err
-    for text in expected:
-        assert text in lines[-1], lines[-1]
-    return lines[-1]
+from cli_run import assert_refused, run
 
 
 def warnings_in(err: str) -> list[str]:

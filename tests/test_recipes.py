@@ -151,6 +151,8 @@ def test_recipes_command_lists_and_shows(capsys):
     assert main(["recipes", "show", "promptsrc", "--protocol", "fewshot", "--dataset", "dtd"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["name"] == "promptsrc/fewshot" and shown["values"]["train"]["epochs"] == 50
+    assert main(["recipes", "show", "prograd", "--protocol", "xd"]) == 0
+    assert json.loads(capsys.readouterr().out)["shots"] == 4  # its ImageNet source script: SHOTS=4
     assert main(["recipes", "show", "nope"]) == 2
     assert "unknown method 'nope'" in capsys.readouterr().err
 

@@ -14,31 +14,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from cli_run import assert_refused, run
 
 from dipclip import api
-from dipclip.cli import main
 from dipclip.errors import DipclipError
-
-
-def run(argv, capsys) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit_info:
-        code = exit_info.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_refused(code: int, err: str, *expected: str) -> str:
-    """Exit 2, one ``dipclip: error:`` line (the last), no traceback, saying each of ``expected``."""
-    assert code == 2, err
-    assert "Traceback" not in err, err
-    lines = err.rstrip("\n").split("\n")
-    assert lines[-1].startswith("dipclip: error: "), err
-    assert not any(line.startswith("dipclip: error") for line in lines[:-1]), err
-    for text in expected:
-        assert text in lines[-1], lines[-1]
-    return lines[-1]
 
 
 def digest(folder: Path) -> dict[str, str]:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_run import assert_refused, run
 
 from dipclip import api
 from dipclip.adapters import CONFIG_NAME, load_adapter, model_from_adapter, save_adapter
-from dipclip.cli import main
 from dipclip.data.types import DatasetSplits, Datum
 from dipclip.errors import DipclipError
 from dipclip.methods import get_method
@@ -21,24 +21,8 @@ from dipclip.methods import get_method
 CLASSES = ["blue sky", "green leaf", "red apple"]  # the image tree's classes, in its label order
 
 
-def run(argv, capsys) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit_info:
-        code = exit_info.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
-def assert_refused(code: int, err: str, *expected: str) -> str:
-    """Exit 2 and one ``dipclip: error:`` line (the last) that says each of ``expected``."""
-    assert code == 2, err
-    assert "Traceback" not in err, err
-    lines = err.rstrip("\n").split("\n")
-    assert lines[-1].startswith("dipclip: error: ") and not any(x.startswith("dipclip: error") for x in lines[:-1])
-    for text in expected:
-        assert text in lines[-1], lines[-1]
-    return lines[-1]
 
 
 def _edit_config(folder: Path, change) -> None:

@@ -54,6 +54,9 @@ def cmd_show(args) -> int:
 
     name = get_method(args.method).name  # checks the name (and spells +dip as the method does)
     recipe = resolve_recipe(name, args.protocol, args.dataset, args.shots, known_datasets=DATASET_KEYS)
-    print(json.dumps({"name": recipe.name, "values": recipe.values, "source": recipe.source, "files": recipe.files,
-                      "notes": recipe.notes}, indent=2))
+    shown = {"name": recipe.name, "values": recipe.values, "source": recipe.source, "files": recipe.files,
+             "notes": recipe.notes}
+    if recipe.shots is not None:  # the shots the authors' script trains on for this protocol (xd/dg source)
+        shown["shots"] = recipe.shots
+    print(json.dumps(shown, indent=2))
     return 0

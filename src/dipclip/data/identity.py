@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ..errors import DipclipError, warn
+from ..errors import DipclipError
 from ..paths import cache_root
 from .images import open_regular
 from .types import DatasetSplits, Datum
@@ -44,7 +44,7 @@ def stat_key(info: os.stat_result) -> StatKey:
 
 
 def _open_memo() -> sqlite3.Connection | None:
-    """The on-disk memo, or ``None`` (with one warning per process) when the cache folder cannot hold it."""
+    """The on-disk memo, or ``None`` when the cache folder cannot hold it (the memory memo still serves)."""
     global _DISK_FAILED
     if _DISK_FAILED:
         return None
@@ -56,10 +56,8 @@ def _open_memo() -> sqlite3.Connection | None:
                            "mtime_ns INTEGER, ctime_ns INTEGER, sha256 TEXT, "
                            "PRIMARY KEY (dev, ino, size, mtime_ns, ctime_ns))")
         return connection
-    except (OSError, sqlite3.Error) as exc:
-        _DISK_FAILED = True
-        warn(f"cannot keep file digests in {cache_root() / MEMO_NAME} ({exc}); every run hashes its images "
-             "again (set DIPCLIP_CACHE_DIR to a writable folder to keep them)")
+    except (OSError, sqlite3.Error):
+        _DISK_FAILED = True  # the feature and few-shot caches already warn about this folder, once each
         return None
 
 
