@@ -69,12 +69,16 @@ FRAGMENTS = {
 PRETRAIN = ("nice -n 19 python -m dipclip.pretrain --out src/dipclip/assets --fetch-emoji --minutes 70 "
             "--image-size 40 --batch-size 64 --evals 7 --threads 1 --fashion-per-class 10")
 # What cannot run here -> (why, the commands that still check it parses).
+SLURM = ("dipclip base2new --model ViT-B-16 --pretrained openai --data ~/data --datasets all --out runs --launcher slurm "
+         "--slurm-partition gpu --slurm-gpus-per-task 1 --slurm-cpus-per-task 8 --slurm-time 240 "
+         "--slurm-array-parallelism 16 --slurm-option mem=32G")
 SKIPPED = {
     "torchrun --nproc_per_node N -m dipclip.cli.encode ...": (
         "several processes sharding a large split", ["python -m dipclip.cli.encode --help"]),
     "torchrun --nproc_per_node N -m dipclip train --method maple ...": (
         "data-parallel training over several processes",
         ["dipclip train --method maple --pretrained dipclip-tiny --dataset demo --dry-run"]),
+    SLURM: ("a SLURM cluster (tests/test_slurm.py submits to a real one)", [SLURM + " --plan"]),
     PRETRAIN: ("70 minutes of pretraining on packages this machine lacks (openclipart-png, npm)",
                [PRETRAIN.removeprefix("nice -n 19 ")]),  # parsed by the recipe's parser, not run
 }

@@ -86,16 +86,6 @@ def test_a_killed_holder_releases_the_folder(holder, tmp_path):
     assert not (out / LOCK_NAME).exists()
 
 
-def test_a_protocol_folder_in_use_is_refused(holder, tmp_path, image_tree):
-    from dipclip.protocols import ProtocolConfig, ProtocolRunner
-
-    holder(tmp_path / "runs" / "base2new")
-    config = ProtocolConfig(protocol="base2new", data=str(image_tree), datasets=["imagefolder"], methods=["coop"],
-                            seeds=[1], out=tmp_path / "runs", progress=False)
-    with pytest.raises(DipclipError, match="base2new is in use by another dipclip run"):
-        ProtocolRunner(config).run()
-
-
 def test_the_same_folder_twice_in_one_process_is_refused_too(tmp_path):
     with output_lock(tmp_path / "run"):
         with pytest.raises(DipclipError, match="in use"):

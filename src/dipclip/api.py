@@ -76,6 +76,7 @@ def training_splits(data: str | None, dataset: str | None, shots: int | None, se
                     subsample: str) -> tuple[DatasetSplits, DatasetSplits | None]:
     """What :func:`train` reads: the (few-shot, subsampled) splits, and with ``subsample="base"`` the new
     half it is also evaluated on."""
+    data = resolve_data_root(data, dataset)
     splits = load_data(data, dataset, shots, seed, subsample)
     new_splits = None
     if subsample == "base" and data is not None and dataset is not None:

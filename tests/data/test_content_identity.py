@@ -156,9 +156,12 @@ def test_fewshot_repeated_shots_refused_and_xd_takes_one_shot_count(fx, tmp_path
 
 
 def test_protocol_on_a_shipped_dataset_needs_no_data_root(tmp_path, capsys):
-    code = main(["base2new", "--datasets", "demo", "--methods", "zeroshot", "--seeds", "1",
-                 "--pretrained", "dipclip-tiny", "--out", str(tmp_path / "runs"), "--quiet"])
+    command = ["base2new", "--datasets", "demo", "--methods", "zeroshot", "coop", "--seeds", "1", "--epochs", "1",
+               "--pretrained", "dipclip-tiny", "--out", str(tmp_path / "runs"), "--quiet"]
+    code = main(command)
     out = capsys.readouterr().out
     assert code == 0 and "| zeroshot | demo | 16 |" in out
+    assert main(command) == 0  # rerun: the same data identity as the runs recorded (the new half included)
+    assert capsys.readouterr().err.count("done already (same settings), skipped") == 2
     metrics = json.loads((tmp_path / "runs/base2new/demo/shots_16/zeroshot/seed1/metrics.json").read_text())
     assert set(metrics["results"]) == {"base", "new"} and metrics["data_identity"]

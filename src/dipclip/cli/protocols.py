@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import sys
+
 from .common import FORMATTER, non_negative_int, out_dir, path_arg, positive_int, seed_arg
+from .launch import add_launcher_args, launch
 from .overrides import add_override_args, override_kwargs
 
 DESCRIPTIONS = {
@@ -59,8 +63,45 @@ def add_commands(subparsers) -> None:
         parser.add_argument("--device", default="auto")
         parser.add_argument("--out", type=out_dir, default="runs", metavar="DIR", help="default: runs")
         parser.add_argument("--quiet", action="store_true", help="no progress bars, no per-epoch lines")
+        parser.add_argument("--plan", action="store_true",
+                            help="print the runs as JSON lines (kind, dataset, shots, method, seed, folder, resolved "
+                                 "settings) and exit; nothing is loaded or run")
+        parser.add_argument("--jobs", type=positive_int, default=1, metavar="N",
+                            help="N worker processes on this machine, each taking the next free run (CPU: each gets "
+                                 "cores/N threads); default 1")
+        parser.add_argument("--devices", type=device_list, default=None, metavar="0,1,...",
+                            help="GPUs to pin the --jobs workers to, one each in turn (sets CUDA_VISIBLE_DEVICES)")
         add_override_args(parser, protocol_command=True)
+        add_launcher_args(parser)
         parser.set_defaults(func=cmd_protocol, protocol=protocol)
+
+    status = subparsers.add_parser(
+        "status", formatter_class=FORMATTER, help="where a protocol sweep stands: done, running, failed, pending, ETA",
+        description="Reads OUT/PROTOCOL (its plan.jsonl and run folders) and prints each run's state: done, running\n"
+                    "(host, pid or SLURM job, since), stale (its worker died: the next worker takes it over and\n"
+                    "resumes it), failed (why) or pending, and an ETA from the finished runs' durations.",
+        epilog="examples:\n  dipclip status runs/base2new\n  dipclip status runs/fewshot --json\n")
+    status.add_argument("folder", type=path_arg, metavar="OUT/PROTOCOL")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    status.set_defaults(func=cmd_status)
+
+
+def device_list(text: str) -> list[str]:
+    """``0,1,2``: GPU indices (or any CUDA_VISIBLE_DEVICES entries), none empty."""
+    devices = [part.strip() for part in text.split(",")]
+    if not all(devices):
+        raise argparse.ArgumentTypeError(f"--devices takes a comma-separated list such as 0,1, got {text!r}")
+    return devices
+
+
+def cmd_status(args) -> int:
+    import json
+
+    from ..protocols.status import format_status, sweep_status
+
+    status = sweep_status(args.folder)
+    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    return 0
 
 
 def cmd_protocol(args) -> int:
@@ -75,6 +116,23 @@ def cmd_protocol(args) -> int:
         progress=not args.quiet,
     )
     runner = ProtocolRunner(config)
-    runner.run()
+    if args.plan:
+        import json
+
+        for line in runner.plan_lines():
+            print(json.dumps(line, sort_keys=True))
+        return 0
+    launched = launch(args, config)
+    if launched is not None:
+        return launched
+    if args.devices and args.jobs == 1:
+        args.jobs = len(args.devices)
+    runner.run(jobs=args.jobs, devices=args.devices)
     print((runner.root / "summary.md").read_text())
+    failed = runner.counts.get("failed", 0)
+    if failed:
+        print(f"dipclip: error: {failed} run(s) failed, each with its error in its folder's failed.json; "
+              f"`dipclip status {runner.root}` lists them, and rerunning the command retries them",
+              file=sys.stderr)
+        return min(failed, 125)
     return 0

@@ -17,6 +17,7 @@ import contextlib
 import errno
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,3 +105,58 @@ def output_lock(folder: str | Path, flag: str = "--out") -> Iterator[Path]:
                 made.rmdir()
             except OSError:
                 break
+
+
+CLAIM_NAME = ".dipclip-claim.lock"
+
+
+@contextlib.contextmanager
+def claim(folder: str | Path) -> Iterator[bool]:
+    """Claim ``folder`` for one worker of a sweep: ``True`` when this process now holds it, ``False`` when
+    another live process does (it is running there). Non-blocking. The claim file says who holds it (pid, host,
+    SLURM job, since); the kernel drops the lock when the holder dies, so a dead worker's run is claimed by the
+    next one (its leftover file shows the run as stale until then). Without ``flock`` every claim succeeds."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / CLAIM_NAME
+    try:
+        fd = _acquire(path, "run folder", folder)
+    except DipclipError:
+        yield False
+        return
+    try:
+        if fd is not None:
+            os.ftruncate(fd, 0)
+            job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID") or "-"
+            os.write(fd, f"{os.getpid()} {socket.gethostname()} {job} {time.time():.0f}\n".encode())
+        yield True
+    finally:
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            os.close(fd)
+
+
+def claim_holder(folder: str | Path) -> tuple[str, dict] | None:
+    """``("running", who)`` while a live process holds ``folder``'s claim, ``("stale", who)`` when a claim file
+    is left by a process that died, ``None`` when nobody claimed it. ``who``: pid, host, job, since."""
+    path = Path(folder) / CLAIM_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        text = os.pread(fd, 200, 0).decode(errors="replace").split()
+        who = dict(zip(("pid", "host", "job", "since"), text, strict=False))
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return "running", who
+        except (ImportError, OSError):
+            return "running", who
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return "stale", who
+    finally:
+        os.close(fd)
