@@ -33,9 +33,9 @@ def _rewrite(path: Path, tensors: dict, metadata: dict) -> None:
 
 def _with_checksum(tensors: dict, metadata: dict) -> dict:
     """Metadata whose checksum matches ``tensors``: a well-formed entry of something else."""
-    from dipclip.engine.features import _checksum
+    from dipclip.engine.features import STORED_TENSORS, _checksum
 
-    return metadata | {"sha256": _checksum(tensors["features"], tensors["labels"], tensors["valid"])}
+    return metadata | {"sha256": _checksum(*(tensors[name] for name in STORED_TENSORS))}
 
 
 def _payload_edit(change):
@@ -61,6 +61,7 @@ def _set(name, value, keep_checksum=False):
 
 DAMAGE = {
     "zeroed features": (_zero("features"), "fails its checksum"),
+    "zeroed unnormalised features": (_zero("raw"), "fails its checksum"),
     "zeroed valid flags (every image 'skipped')": (_zero("valid"), "fails its checksum"),
     "one flipped feature": (_set("features", lambda t: t.index_put((torch.tensor([0]),), -t[0]), True),
                             "fails its checksum"),
@@ -77,6 +78,7 @@ DAMAGE = {
     "other labels, valid checksum": (_set("labels", lambda t: t.flip(0)), "does not match the images"),
     "float64 features": (_set("features", lambda t: t.double()), "does not match the images"),
     "a missing row": (_set("features", lambda t: t[1:]), "does not match the images"),
+    "a missing unnormalised row": (_set("raw", lambda t: t[1:]), "does not match the images"),
     "skipped images in a run that skips none": (_set("valid", lambda t: t * 0), "marks images as skipped"),
     "a missing tensor": (lambda t, m: ({k: v for k, v in t.items() if k != "valid"}, m), "holds tensors"),
 }

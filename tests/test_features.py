@@ -234,10 +234,11 @@ def test_sharded_encoding_merges_to_the_single_process_bits(tiny_backbone, small
     for rank in range(2):
         part = features_module.encode_dataset(tiny_backbone, dataset, progress=False, rank=rank, world=2)
         rows = part.valid.nonzero().squeeze(1)
-        parts.append((rows, part.features[rows]))
-    assert [len(rows) for rows, _ in parts] == [64 + 22, 64]
+        parts.append((rows, part.features[rows], part.raw[rows]))
+    assert [len(rows) for rows, _, _ in parts] == [64 + 22, 64]
     merged = features_module.merge_parts(parts, whole.labels, whole.features.shape[1])
     assert torch.equal(merged.features, whole.features) and bool(merged.valid.all())
+    assert torch.equal(merged.raw, whole.raw)
 
 
 def test_crop_scale_reaches_the_views_the_store_key_and_the_run_settings(tmp_path, tiny_config_path, image_tree,

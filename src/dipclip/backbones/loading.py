@@ -32,6 +32,12 @@ from .vision_tower import VisionTower, is_class_token_vit
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 
+def normalize_image_features(raw: torch.Tensor) -> torch.Tensor:
+    """L2-normalised image features from the projected fp32 ones: the one place image features are normalised
+    (:meth:`Backbone.encode_images`, the feature store's stored copies, DePT's similarity logits)."""
+    return nn.functional.normalize(raw, dim=-1)
+
+
 @dataclass
 class Backbone:
     """A frozen CLIP with its own tokenizer and the facts adapters are checked against."""
@@ -109,7 +115,7 @@ class Backbone:
         else:
             with autocast_for(images.device):
                 features = self.model.encode_image(images)
-        return nn.functional.normalize(features.float(), dim=-1) if normalize else features.float()
+        return normalize_image_features(features.float()) if normalize else features.float()
 
     def describe(self) -> dict:
         return {

@@ -78,15 +78,24 @@ def evaluate_model(model, items: Sequence[Datum], batch_size: int = 64, workers:
     """Accuracy of a prompt model on ``items``: class text features once (merged prompt), or, for
     image-conditioned prompts (CoCoOp), the model's own per-image logits over stored image features, or, for
     vision prompts (MaPLe, PromptSRC), the model's own image tower over the test images."""
-    if model.image_prompted:
+    if model.image_prompted and not model.takes_raw_features:
         return _evaluate_prompted_images(model, items, batch_size, workers, skip_bad_images)
     if not model.image_conditioned:
         text_features = classifier_text_features(model)
         return evaluate_items(model.backbone, text_features, items, batch_size, workers, skip_bad_images, desc, store)
-    features, labels, skipped = encode_items(model.backbone, items, batch_size, workers, skip_bad_images, desc, store)
+    text_features = None  # CoCoOp: the class text features depend on each image
+    if model.takes_raw_features:  # DePT's head: the stored unnormalised features, a fixed text side
+        encoded = (store if store is not None else FeatureStore.default()).test_features(
+            model.backbone, items, workers=workers, skip_bad_images=skip_bad_images, desc=desc)
+        (features, labels), skipped = encoded.good(raw=True), encoded.skipped
+        text_features = classifier_text_features(model)
+    else:
+        features, labels, skipped = encode_items(model.backbone, items, batch_size, workers, skip_bad_images, desc,
+                                                 store)
     if len(labels) == 0:
         return {"accuracy": 0.0, "n": 0}
-    predictions = torch.cat([checked_logits(model, features[i: i + batch_size].to(model.backbone.device)).argmax(-1).cpu()
+    predictions = torch.cat([checked_logits(model, features[i: i + batch_size].to(model.backbone.device),
+                                            text_features).argmax(-1).cpu()
                              for i in range(0, len(features), batch_size)])
     correct = int((predictions == labels).sum())
     result = {"accuracy": round(100.0 * correct / len(labels), 4), "n": int(len(labels)), "correct": correct}

@@ -25,6 +25,11 @@ from the global generator. View ``v`` of a training set is therefore a fixed set
 
 With ``N >= epochs`` both modes see the same views and give identical numbers. Whether the store is on or
 off changes where features are kept, never their values.
+
+An entry keeps two tensors of features: the L2-normalised ones every method reads, and the unnormalised
+projected ones DePT's head takes (``FeatureBatches(raw=True)``). Both come from one encoding: the normalised
+rows are :func:`~dipclip.backbones.loading.normalize_image_features` of the unnormalised ones on the same device
+and batch, exactly what ``Backbone.encode_images`` returns, so they are the bits an image pass gives.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..backbones.loading import Backbone
+from ..backbones.loading import Backbone, normalize_image_features
 from ..data.identity import items_identity
 from ..data.images import BadImage, ImageDataset, collate_skipping_bad
 from ..data.transforms import RECIPE_CROP_SCALE, test_transform, train_transform
@@ -50,7 +55,9 @@ from ..errors import DipclipError, warn
 from ..paths import cache_root, cache_unwritable, remove_stale_temps
 from .reproducibility import atomic_write_bytes
 
-FORMAT_VERSION = 4  # 2: class-token last block; 3: entries carry a checksum; 4: items keyed by content
+# 2: class-token last block; 3: entries carry a checksum; 4: items keyed by content; 5: unnormalised features too
+FORMAT_VERSION = 5
+STORED_TENSORS = ("features", "raw", "labels", "valid")  # in checksum order
 ENCODE_BATCH = 64  # fixed, so stored and recomputed features are the same bits whatever the caller's batch
 NO_CACHE_ENV = "DIPCLIP_NO_FEATURE_CACHE"
 FRESH = "fresh"
@@ -134,15 +141,18 @@ class Encoded:
     features: torch.Tensor  # [N, D] fp32, L2-normalised
     labels: torch.Tensor  # [N] int64
     valid: torch.Tensor  # [N] bool
+    raw: torch.Tensor  # [N, D] fp32, the projected features before normalisation (DePT's head)
 
     @property
     def skipped(self) -> int:
         return int((~self.valid).sum())
 
-    def good(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def good(self, raw: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, labels) of the images not skipped; ``raw``: the unnormalised features."""
+        features = self.raw if raw else self.features
         if bool(self.valid.all()):
-            return self.features, self.labels
-        return self.features[self.valid], self.labels[self.valid]
+            return features, self.labels
+        return features[self.valid], self.labels[self.valid]
 
 
 @torch.no_grad()
@@ -154,7 +164,7 @@ def encode_dataset(backbone: Backbone, dataset: SeededViews, workers: int = 0, d
     batch holds the same images as in one process, so :func:`merge_parts` of all ranks gives the same bits.
     """
     n = len(dataset)
-    features = torch.zeros(n, backbone.text.output_dim)
+    features, raw = torch.zeros(n, backbone.text.output_dim), torch.zeros(n, backbone.text.output_dim)
     labels = torch.tensor([item.label for item in dataset.images.items], dtype=torch.long)
     valid = torch.zeros(n, dtype=torch.bool)
     batches = [range(start, min(start + ENCODE_BATCH, n)) for start in range(0, n, ENCODE_BATCH)]
@@ -164,19 +174,23 @@ def encode_dataset(backbone: Backbone, dataset: SeededViews, workers: int = 0, d
         if batch is None:
             continue
         images, _, index = batch
-        features[index] = backbone.encode_images(images.to(backbone.device, non_blocking=True)).cpu()
+        projected = backbone.encode_images(images.to(backbone.device, non_blocking=True), normalize=False)
+        features[index] = normalize_image_features(projected).cpu()  # = encode_images(images), bit for bit
+        raw[index] = projected.cpu()
         valid[index] = True
-    return Encoded(features, labels, valid)
+    return Encoded(features, labels, valid, raw)
 
 
-def merge_parts(parts: Sequence[tuple[torch.Tensor, torch.Tensor]], labels: torch.Tensor, dim: int) -> Encoded:
-    """One :class:`Encoded` from the ``(row indices, feature rows)`` each rank encoded."""
-    features = torch.zeros(len(labels), dim)
+def merge_parts(parts: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], labels: torch.Tensor,
+                dim: int) -> Encoded:
+    """One :class:`Encoded` from the ``(row indices, feature rows, unnormalised rows)`` each rank encoded."""
+    features, raw = torch.zeros(len(labels), dim), torch.zeros(len(labels), dim)
     valid = torch.zeros(len(labels), dtype=torch.bool)
-    for index, rows in parts:
+    for index, rows, raw_rows in parts:
         features[index] = rows
+        raw[index] = raw_rows
         valid[index] = True
-    return Encoded(features, labels, valid)
+    return Encoded(features, labels, valid, raw)
 
 
 def _rank_world() -> tuple[int, int]:
@@ -223,14 +237,14 @@ def _entry_problem(tensors: dict[str, torch.Tensor], metadata: dict[str, str], p
     differs = sorted(k for k in wanted.keys() | (stored.keys() - {"root"}) if stored.get(k) != wanted.get(k))
     if differs:
         return f"was made for another {', '.join(differs)}"
-    if set(tensors) != {"features", "labels", "valid"}:
-        return f"holds tensors {sorted(tensors)}, not features, labels and valid"
-    features, stored_labels, valid = tensors["features"], tensors["labels"], tensors["valid"]
-    n = len(labels)
-    if (features.dtype != torch.float32 or tuple(features.shape) != (n, wanted["backbone"]["embed_dim"])
+    if set(tensors) != set(STORED_TENSORS):
+        return f"holds tensors {sorted(tensors)}, not {', '.join(STORED_TENSORS[:-1])} and {STORED_TENSORS[-1]}"
+    features, raw, stored_labels, valid = (tensors[name] for name in STORED_TENSORS)
+    n, shape = len(labels), (len(labels), wanted["backbone"]["embed_dim"])
+    if (any(t.dtype != torch.float32 or tuple(t.shape) != shape for t in (features, raw))
             or tuple(valid.shape) != (n,) or valid.dtype != torch.uint8 or not torch.equal(stored_labels, labels)):
         return "does not match the images of this split"
-    if metadata.get("sha256") != _checksum(features, stored_labels, valid):
+    if metadata.get("sha256") != _checksum(*(tensors[name] for name in STORED_TENSORS)):
         return "fails its checksum (damaged data)"
     if not wanted["skip_bad_images"] and not bool(valid.bool().all()):
         return "marks images as skipped in a run that skips none"
@@ -338,7 +352,7 @@ class FeatureStore:
             mine = encode_dataset(backbone, dataset, workers, f"{desc} [rank {rank}/{world}]", progress, rank, world)
         rows = mine.valid.nonzero().squeeze(1)
         parts: list = [None] * world
-        dist.all_gather_object(parts, (rows, mine.features[rows]))
+        dist.all_gather_object(parts, (rows, mine.features[rows], mine.raw[rows]))
         encoded = merge_parts(parts, mine.labels, mine.features.shape[1])
         if rank == 0 and self.enabled:
             self._save(path, encoded, payload)
@@ -367,15 +381,15 @@ class FeatureStore:
                 warn(f"feature cache entry {path} {problem}; recomputing it (it is never used)")
             return None
         self.hits += 1
-        return Encoded(tensors["features"], tensors["labels"], tensors["valid"].bool())
+        return Encoded(tensors["features"], tensors["labels"], tensors["valid"].bool(), tensors["raw"])
 
     def _save(self, path: Path, encoded: Encoded, payload: dict) -> None:
         from safetensors.torch import save
 
-        tensors = {"features": encoded.features.contiguous(), "labels": encoded.labels.contiguous(),
-                   "valid": encoded.valid.to(torch.uint8).contiguous()}
+        tensors = {"features": encoded.features.contiguous(), "raw": encoded.raw.contiguous(),
+                   "labels": encoded.labels.contiguous(), "valid": encoded.valid.to(torch.uint8).contiguous()}
         metadata = {"dipclip_features": json.dumps(payload, sort_keys=True),
-                    "sha256": _checksum(tensors["features"], tensors["labels"], tensors["valid"])}
+                    "sha256": _checksum(*(tensors[name] for name in STORED_TENSORS))}
         if not self.enabled:  # the lock could not be taken: the cache folder is not writable
             return
         try:
@@ -419,21 +433,24 @@ def epoch_index_batches(n: int, batch_size: int, generator: torch.Generator) -> 
 
 
 class FeatureBatches:
-    """Training batches from stored features of augmentation views (see the module docstring)."""
+    """Training batches from stored features of augmentation views (see the module docstring): the normalised
+    features, or with ``raw`` the unnormalised ones (DePT's head, which normalises for its similarity itself)."""
 
     kind = "features"
 
     def __init__(self, backbone: Backbone, items: Sequence[Datum], batch_size: int, seed: int,
                  views: str | int = FRESH, store: FeatureStore | None = None, workers: int = 0,
-                 skip_bad_images: bool = False, progress: bool = True, crop_scale: float = RECIPE_CROP_SCALE):
+                 skip_bad_images: bool = False, progress: bool = True, crop_scale: float = RECIPE_CROP_SCALE,
+                 raw: bool = False):
         self.backbone, self.items, self.batch_size, self.seed = backbone, list(items), batch_size, seed
-        self.views, self.crop_scale = parse_views(views), crop_scale
+        self.views, self.crop_scale, self.raw = parse_views(views), crop_scale, raw
         self.store = store if store is not None else FeatureStore.default()
         self.workers, self.skip_bad_images, self.progress = workers, skip_bad_images, progress
         self._memo: dict[int, Encoded] = {}  # cycled views stay in memory for the run
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "views": self.views, "crop_scale": self.crop_scale}
+        described = {"kind": self.kind, "views": self.views, "crop_scale": self.crop_scale}
+        return (described | {"unnormalised": True}) if self.raw else described  # others' fingerprints unchanged
 
     def encoded_view(self, view: int) -> Encoded:
         if view in self._memo:
@@ -447,12 +464,13 @@ class FeatureBatches:
 
     def batches(self, epoch: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         encoded = self.encoded_view(view_of_epoch(self.views, epoch))
+        features = encoded.raw if self.raw else encoded.features
         device = self.backbone.device
         for index in epoch_index_batches(len(self.items), self.batch_size, generator):
             index = index[encoded.valid[index]]
             if len(index) == 0:
                 continue
-            yield encoded.features[index].to(device), encoded.labels[index].to(device)
+            yield features[index].to(device), encoded.labels[index].to(device)
 
 
 class ImageBatches:

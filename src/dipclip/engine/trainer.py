@@ -11,7 +11,8 @@ and kept in the feature store, ``views="fresh"`` or a number of cycled views); a
 tower in the loop passes :class:`~dipclip.engine.features.ImageBatches` to :meth:`Trainer.fit` instead.
 A model whose image features depend on its own prompts (``image_prompted``: MaPLe, PromptSRC) gets
 :class:`~dipclip.engine.features.PromptedImageBatches`: the batches are augmented images and the model runs
-the image tower itself, with gradients to its vision prompts.
+the image tower itself, with gradients to its vision prompts. DePT (``takes_raw_features``) gets the
+stored unnormalised features of the views.
 """
 
 from __future__ import annotations
@@ -207,13 +208,16 @@ class Trainer:
 
     def default_source(self, items: Sequence[Datum]) -> BatchSource:
         """Stored features of the views, or the images themselves when the model's image features depend on
-        its prompts (``image_prompted``: MaPLe, PromptSRC); the loop is the same either way."""
+        its prompts (``image_prompted``: MaPLe, PromptSRC); the unnormalised stored features for a model
+        that takes those (``takes_raw_features``: DePT's head); the loop is the same either way."""
         cfg = self.config
-        if self.model.image_prompted:
+        raw = self.model.takes_raw_features
+        if self.model.image_prompted and not raw:
             return PromptedImageBatches(self.model.backbone, items, cfg.batch_size, cfg.seed, cfg.workers,
                                         cfg.skip_bad_images, cfg.crop_scale)
         return FeatureBatches(self.model.backbone, items, cfg.batch_size, cfg.seed, cfg.views, self.store,
-                              cfg.workers, cfg.skip_bad_images, progress=self.progress, crop_scale=cfg.crop_scale)
+                              cfg.workers, cfg.skip_bad_images, progress=self.progress, crop_scale=cfg.crop_scale,
+                              raw=raw)
 
     def fit(self, items: Sequence[Datum], resume: bool = False, source: BatchSource | None = None,
             evaluate: Callable[[PromptCLIP], dict] | None = None) -> list[dict]:

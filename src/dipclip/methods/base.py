@@ -249,8 +249,11 @@ class PromptCLIP(nn.Module):
 
     image_conditioned = False  # True when class text features depend on the image (CoCoOp)
     # True when logits() takes raw images: image features depend on learned prompts (MaPLe, PromptSRC), or the
-    # model needs them unnormalised (DePT's head), which stored features are not
+    # model needs them unnormalised (DePT's head)
     image_prompted = False
+    # True when logits() and the loss also take stored unnormalised features [B, D] (DePT: its tower is frozen),
+    # which training reads from the feature store instead of running the image tower
+    takes_raw_features = False
     keeps_init_tail = False  # True: an init text longer than n_ctx keeps its tail as fixed words (MaPLe)
 
     def train(self, mode: bool = True) -> PromptCLIP:

@@ -4,8 +4,9 @@ Follows the authors' code (Koorye/DePT, ``ExtrasLinearProbeCoOp``): channel-wise
 scale, init 1, and shift, init 0, per feature channel) on the text and on the image features, then a linear
 classifier over the training classes, fed during training with both the transformed image features and the
 transformed text features of each image's class (labels repeated). Both inputs are the *unnormalised*
-projected features, as theirs (the similarity logits use the normalised ones), so the model runs the frozen
-image tower on the images itself while its head is on (no stored, normalised features). Loss = 0.3 *
+projected features, as theirs (the similarity logits use the normalised ones): training reads them from the
+feature store, which keeps them beside the normalised ones (the image tower is frozen), and ``logits`` takes
+either those [B, D] or images [B, 3, H, W] (evaluation and predict, while the head is on). Loss = 0.3 *
 CE(prompt similarity logits) + 0.7 * CE(head logits). At inference the logits are fused the same way (0.3 *
 similarity + 0.7 * head) on the training classes, and on any subset of them, with the head's rows clipped to
 those classes: the authors keep the head for ImageNet-family targets and clip it to the 200 classes of
@@ -20,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..backbones.loading import Backbone
+from ..backbones.loading import Backbone, normalize_image_features
 from ..errors import DipclipError
 from ..prompts.class_prompts import clean_classname
 from .base import OptimConfig, PromptCLIP, PromptConfig, PromptMethod, rows_by_name
@@ -28,6 +29,12 @@ from .base import OptimConfig, PromptCLIP, PromptConfig, PromptMethod, rows_by_n
 HEAD_WEIGHT = 0.7
 HEAD_LR_SCALE = 6.5
 HEAD_MODULES = ("head", "text_transform", "image_transform")
+
+
+def raw_image_features(backbone: Backbone, inputs: torch.Tensor) -> torch.Tensor:
+    """Unnormalised image features: ``inputs`` themselves when they are stored ones [B, D], else those of the
+    images [B, 3, H, W] through the frozen image tower."""
+    return inputs if inputs.ndim == 2 else backbone.encode_images(inputs, normalize=False)
 
 
 class ChannelTransform(nn.Module):
@@ -110,6 +117,10 @@ class DePTCLIP(PromptCLIP):
     def image_prompted(self) -> bool:  # with the head on, logits() takes images: the head needs raw features
         return self.head_active
 
+    @property
+    def takes_raw_features(self) -> bool:  # ... or the stored unnormalised features [B, D] (training)
+        return self.head_active
+
     def param_groups(self) -> list[dict]:
         named = self.learnable_named_parameters()
         head = [p for name, p in named if name.split(".")[0] in HEAD_MODULES]
@@ -124,13 +135,14 @@ class DePTCLIP(PromptCLIP):
         return self.head(self.image_transform(raw_image_features))[:, self.rows]
 
     def logits(self, inputs: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
-        """With the head on, ``inputs`` are images [B, 3, H, W]; otherwise normalised image features."""
+        """With the head on, ``inputs`` are images [B, 3, H, W] or unnormalised image features [B, D];
+        otherwise normalised image features."""
         if not self.head_active:
             return super().logits(inputs, text_features)
-        raw_image = self.backbone.encode_images(inputs, normalize=False)
+        raw_image = raw_image_features(self.backbone, inputs)
         if text_features is None:
             text_features = nn.functional.normalize(self.raw_text_features(), dim=-1)
-        image = nn.functional.normalize(raw_image, dim=-1)
+        image = normalize_image_features(raw_image)
         similarity = self.backbone.logit_scale * image @ text_features.t()
         return (1 - HEAD_WEIGHT) * similarity + HEAD_WEIGHT * self.head_logits(raw_image)
 
@@ -146,10 +158,11 @@ class DePT(PromptMethod):
 
     def loss(self, model: PromptCLIP, images: torch.Tensor, labels: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training on the training classes: ``images`` are the augmented images of the batch."""
-        raw_image = model.backbone.encode_images(images, normalize=False)
+        """Training on the training classes: ``images`` are the batch's stored unnormalised features [B, D] (the
+        trainer's default) or its augmented images [B, 3, H, W] (the same numbers up to float rounding)."""
+        raw_image = raw_image_features(model.backbone, images)
         raw_text = model.raw_text_features()
-        image = nn.functional.normalize(raw_image, dim=-1)
+        image = normalize_image_features(raw_image)
         similarity = model.backbone.logit_scale * image @ nn.functional.normalize(raw_text, dim=-1).t()
         head_inputs = torch.cat([model.text_transform(raw_text[labels]), model.image_transform(raw_image)])
         head_logits = model.head(head_inputs)
