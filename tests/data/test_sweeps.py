@@ -163,3 +163,23 @@ def test_bad_devices_are_refused(devices, capsys):
         main(["base2new", "--datasets", "demo", "--devices", devices])
     assert exit_info.value.code == 2
     assert "--devices takes a comma-separated list" in capsys.readouterr().err
+
+
+def test_two_processes_started_by_hand_share_one_out(fx, tmp_path, tiny_config_path, capsys):
+    """Two independent commands on the same --out: every run executed once, by one of them; the numbers are
+    those of one sequential command."""
+    fx.json_dataset(classes=PETS, sizes=(3, 2, 2))
+    env = _env() | {"DIPCLIP_CACHE_DIR": os.environ["DIPCLIP_CACHE_DIR"], "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "dipclip", *argv(fx, tiny_config_path, tmp_path / "shared")]
+    workers = [subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    logs = [worker.communicate(timeout=300)[1] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], logs
+    executed = [line for log in logs for line in log.splitlines() if line.endswith(": running")]
+    assert len(executed) == 4 and len(set(executed)) == 4, logs
+    assert main(argv(fx, tiny_config_path, tmp_path / "alone")) == 0
+    assert results_of(tmp_path / "shared" / "base2new") == results_of(tmp_path / "alone" / "base2new")
+    assert main(argv(fx, tiny_config_path, tmp_path / "shared")) == 0  # the summary, now complete
+    shared = json.loads((tmp_path / "shared" / "base2new" / "summary.json").read_text())
+    alone = json.loads((tmp_path / "alone" / "base2new" / "summary.json").read_text())
+    assert shared["rows"] == alone["rows"] and not shared.get("incomplete")
