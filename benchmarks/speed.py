@@ -146,9 +146,10 @@ def reference_text_features(model) -> torch.Tensor:
     return torch.nn.functional.normalize(model.class_prompts.full_length_forward(model.context()).float(), dim=-1)
 
 
-def reference_train_steps(model, items, batch_size: int, max_steps: int, seed: int) -> tuple[float, int, int]:
+def reference_train_steps(model, items, batch_size: int, max_steps: int, seed: int,
+                          epochs: int = 1) -> tuple[float, int, int]:
     """(seconds, steps run, steps in the epoch): DataLoader with global-RNG augmentation, image tower in the
-    loop, full-length prompts with gradients, SGD."""
+    loop, full-length prompts with gradients, SGD; up to ``epochs`` epochs and ``max_steps`` steps in all."""
     from torch.utils.data import DataLoader
 
     from dipclip.data.images import ImageDataset, collate_skipping_bad
@@ -161,14 +162,17 @@ def reference_train_steps(model, items, batch_size: int, max_steps: int, seed: i
                         collate_fn=collate_skipping_bad, generator=torch.Generator().manual_seed(seed))
     optimizer = torch.optim.SGD(model.trainable_parameters(), lr=0.002, momentum=0.9, weight_decay=5e-4)
     steps, began = 0, time.perf_counter()
-    for images, labels, _ in loader:
-        image_features = reference_image_features(backbone, images)
-        logits = backbone.logit_scale * image_features @ reference_text_features(model).t()
-        loss = torch.nn.functional.cross_entropy(logits, labels.to(backbone.device))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        steps += 1
+    for _ in range(epochs):
+        for images, labels, _ in loader:
+            image_features = reference_image_features(backbone, images)
+            logits = backbone.logit_scale * image_features @ reference_text_features(model).t()
+            loss = torch.nn.functional.cross_entropy(logits, labels.to(backbone.device))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            if steps >= max_steps:
+                break
         if steps >= max_steps:
             break
     sync(backbone.device)
