@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -106,3 +108,23 @@ WNIDS = {
 @pytest.fixture
 def wnids() -> dict[str, str]:
     return dict(WNIDS)
+
+@pytest.fixture
+def dassl_datum(monkeypatch):
+    """Dassl's Datum class under its real module path, so pickles reference it exactly as Dassl's do."""
+    names = ["dassl", "dassl.data", "dassl.data.datasets", "dassl.data.datasets.base_dataset"]
+    modules = {n: types.ModuleType(n) for n in names}
+
+    class Datum:  # mirrors dassl.data.datasets.base_dataset.Datum
+        def __init__(self, impath="", label=0, domain=0, classname=""):
+            self._impath = impath
+            self._label = label
+            self._domain = domain
+            self._classname = classname
+
+    Datum.__module__ = names[-1]
+    Datum.__qualname__ = "Datum"
+    modules[names[-1]].Datum = Datum
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    return Datum

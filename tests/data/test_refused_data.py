@@ -11,8 +11,6 @@ import os
 import pickle
 import re
 import signal
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -93,25 +91,6 @@ def test_distinct_names_still_pass(tmp_path):
 # A Dassl pickle with more shots than asked
 
 
-@pytest.fixture
-def dassl_datum(monkeypatch):
-    """Dassl's Datum class under its real module path, so pickles reference it exactly as Dassl's do."""
-    names = ["dassl", "dassl.data", "dassl.data.datasets", "dassl.data.datasets.base_dataset"]
-    modules = {n: types.ModuleType(n) for n in names}
-
-    class Datum:  # mirrors dassl.data.datasets.base_dataset.Datum
-        def __init__(self, impath="", label=0, domain=0, classname=""):
-            self._impath = impath
-            self._label = label
-            self._domain = domain
-            self._classname = classname
-
-    Datum.__module__ = names[-1]
-    Datum.__qualname__ = "Datum"
-    modules[names[-1]].Datum = Datum
-    for name, module in modules.items():
-        monkeypatch.setitem(sys.modules, name, module)
-    return Datum
 
 
 def _write_pkl(fx, splits, dassl_datum, train, val, shots: int) -> Path:

@@ -5,8 +5,6 @@ import os
 import pickle
 import random
 import shutil
-import sys
-import types
 
 import pytest
 
@@ -142,25 +140,6 @@ def test_test_only_dataset_cannot_be_sampled(fx, wnids):
 # Dassl pkl caches
 
 
-@pytest.fixture
-def dassl_datum(monkeypatch):
-    """Dassl's Datum class under its real module path, so pickles reference it exactly as Dassl's do."""
-    names = ["dassl", "dassl.data", "dassl.data.datasets", "dassl.data.datasets.base_dataset"]
-    modules = {n: types.ModuleType(n) for n in names}
-
-    class Datum:  # noqa: F811 - mirrors dassl.data.datasets.base_dataset.Datum
-        def __init__(self, impath="", label=0, domain=0, classname=""):
-            self._impath = impath
-            self._label = label
-            self._domain = domain
-            self._classname = classname
-
-    Datum.__module__ = names[-1]
-    Datum.__qualname__ = "Datum"
-    modules[names[-1]].Datum = Datum
-    for name, module in modules.items():
-        monkeypatch.setitem(sys.modules, name, module)
-    return Datum
 
 
 def write_pkl(path, obj) -> None:
