@@ -183,3 +183,17 @@ def test_two_processes_started_by_hand_share_one_out(fx, tmp_path, tiny_config_p
     shared = json.loads((tmp_path / "shared" / "base2new" / "summary.json").read_text())
     alone = json.loads((tmp_path / "alone" / "base2new" / "summary.json").read_text())
     assert shared["rows"] == alone["rows"] and not shared.get("incomplete")
+
+
+def test_a_summary_never_aggregates_another_commands_runs(fx, tmp_path, tiny_backbone):
+    """The table alone (as `--launcher slurm --wait` builds it when every run was already finished) checks each
+    finished run's settings like a worker does: runs made with other settings are refused, not averaged."""
+    from dipclip.errors import DipclipError
+
+    fx.json_dataset(classes=PETS, sizes=(3, 2, 2))
+    common = dict(protocol="base2new", data=str(fx.root), out=tmp_path / "runs", progress=False,
+                  datasets=["oxford_pets"], methods=["coop"], seeds=[1], shots=[2], train_options={"batch_size": 4})
+    ProtocolRunner(ProtocolConfig(epochs=1, **common), backbone=tiny_backbone, log=lambda line: None).run()
+    other = ProtocolRunner(ProtocolConfig(epochs=2, **common), backbone=tiny_backbone, log=lambda line: None)
+    with pytest.raises(DipclipError, match="train.epochs 1 -> 2"):
+        other.summarise()

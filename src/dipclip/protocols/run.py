@@ -39,6 +39,7 @@ class RunExecutor:
         self.root = config.root
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self._backbone = backbone
+        self._verified: dict[str, str] = {}  # folder -> its metrics, checked to be this command's run
 
     @property
     def backbone(self) -> Backbone:
@@ -52,9 +53,18 @@ class RunExecutor:
     def finished(self, run: Run) -> dict | None:
         return self._finished(self.folder(run))
 
-    def check_finished(self, run: Run, metrics: dict) -> None:
-        """Refuse (one line) a finished run whose recorded settings or data are not this command's."""
-        self._check_settings(run.kind, run.dataset, run.shots, run.method, run.seed, self.folder(run), metrics)
+    def verified(self, run: Run) -> dict | None:
+        """The run's metrics when it has finished, after refusing (one line) a run whose recorded settings or data
+        are not this command's; every number a worker skips on or a summary aggregates passes here (checked once
+        per process and file)."""
+        metrics = self.finished(run)
+        if metrics is None:
+            return None
+        key = hashlib.sha256(json.dumps(metrics, sort_keys=True, default=str).encode()).hexdigest()
+        if self._verified.get(run.folder) != key:
+            self._check_settings(run.kind, run.dataset, run.shots, run.method, run.seed, self.folder(run), metrics)
+            self._verified[run.folder] = key
+        return metrics
 
     def execute(self, run: Run) -> None:
         """Run ``run`` into its folder (the caller holds the folder's claim)."""

@@ -85,7 +85,7 @@ class ProtocolRunner:
     def summarise(self) -> dict:
         """The tables from the finished runs; the rest named as missing, failed or running."""
         runs = self.plan()
-        finished = {run: self.executor.finished(run) for run in runs}
+        finished = {run: self.executor.verified(run) for run in runs}  # no row from another command's run
         incomplete: dict[str, list[str]] = {"failed": [], "running": [], "missing": []}
         for run in runs:
             if finished[run] is not None:

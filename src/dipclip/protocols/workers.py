@@ -84,9 +84,7 @@ def _try(executor: RunExecutor, run: Run, since: float, say, prefix: str, counts
     """One attempt at ``run``: ``"finished"``, ``"failed"`` or ``"waiting"`` (claimed elsewhere, or a target
     whose source is not finished yet)."""
     label = f"{prefix}[{index}/{total}] {executor.config.protocol} {run.label}"
-    finished = executor.finished(run)
-    if finished is not None:
-        executor.check_finished(run, finished)
+    if executor.verified(run) is not None:
         counts["skipped"] += 1
         say(f"{label}: done already (same settings), skipped")
         return "finished"
