@@ -29,6 +29,25 @@ LOCK_NAME = ".dipclip.lock"
 OUTPUT_SUFFIXES = (".json", ".pt", ".safetensors", ".csv", ".md")
 
 
+class FolderInUse(DipclipError):
+    """Another live process holds the lock."""
+
+
+def _hold(fd: int | None, line: str) -> None:
+    """Write who holds the lock into its file (what a refusal and `dipclip status` show)."""
+    if fd is not None:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{line}\n".encode())
+
+
+def _release(fd: int | None, path: Path) -> None:
+    """Remove the lock file (a clean exit leaves none) and drop the lock."""
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
+
+
 def _holder(fd: int) -> str:
     """' (pid N on HOST)' from the lock file's content, or '' when it is not readable yet."""
     try:
@@ -55,8 +74,8 @@ def _acquire(path: Path, flag: str, folder: Path) -> int | None:
         except BlockingIOError:
             holder = _holder(fd)
             os.close(fd)
-            raise DipclipError(f"{flag} {folder} is in use by another dipclip run{holder}; wait for it to finish "
-                               f"or choose another {flag}") from None
+            raise FolderInUse(f"{flag} {folder} is in use by another dipclip run{holder}; wait for it to finish "
+                              f"or choose another {flag}") from None
         except OSError as exc:
             os.close(fd)
             if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
@@ -89,17 +108,13 @@ def output_lock(folder: str | Path, flag: str = "--out") -> Iterator[Path]:
     path = folder / LOCK_NAME
     fd = _acquire(path, flag, folder)
     try:
+        _hold(fd, f"{os.getpid()} {socket.gethostname()}")
         if fd is not None:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
             for sub in (folder, *(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink())):
                 remove_stale_temps(sub, min_age_seconds=0, suffixes=OUTPUT_SUFFIXES)
         yield folder
     finally:
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-            os.close(fd)
+        _release(fd, path)
         for made in created:  # only succeeds while empty: a run that wrote nothing leaves nothing behind
             try:
                 made.rmdir()
@@ -121,20 +136,15 @@ def claim(folder: str | Path) -> Iterator[bool]:
     path = folder / CLAIM_NAME
     try:
         fd = _acquire(path, "run folder", folder)
-    except DipclipError:
+    except FolderInUse:  # any other failure (an unwritable folder) is the command's one-line error
         yield False
         return
     try:
-        if fd is not None:
-            os.ftruncate(fd, 0)
-            job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID") or "-"
-            os.write(fd, f"{os.getpid()} {socket.gethostname()} {job} {time.time():.0f}\n".encode())
+        job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID") or "-"
+        _hold(fd, f"{os.getpid()} {socket.gethostname()} {job} {time.time():.0f}")
         yield True
     finally:
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-            os.close(fd)
+        _release(fd, path)
 
 
 def claim_holder(folder: str | Path) -> tuple[str, dict] | None:
