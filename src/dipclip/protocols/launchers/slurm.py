@@ -26,10 +26,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ...api import METRICS_NAME
 from ...errors import DipclipError
 from ..config import ProtocolConfig
 
-METRICS_NAME = "metrics.json"  # a run's folder holding it is finished (as dipclip.api.METRICS_NAME)
 POLL_MAX_S = 15.0  # the longest pause between two looks at the queue while following the tasks
 RESULT_GRACE_S = 10.0  # how long a task's result may lag behind its leaving the queue (shared filesystems)
 INSTALL_HINT = "--launcher slurm needs submitit: pip install dipclip[slurm]"
@@ -102,7 +102,7 @@ def run_group(config: ProtocolConfig, folders: list[str]) -> dict:
 
 def unfinished(config: ProtocolConfig, runs: Sequence) -> list:
     """The runs whose folder holds no ``metrics.json`` (whether a finished one holds this command's settings is
-    checked by the worker that meets it, as a local run checks)."""
+    checked by the worker that meets it, and by the summary ``--wait`` prints)."""
     return [run for run in runs if not (config.root / run.folder / METRICS_NAME).is_file()]
 
 
