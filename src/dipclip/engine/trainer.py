@@ -276,7 +276,7 @@ class Trainer:
             correct, seen = int(correct), int(seen)
             self.model.eval()
             self.method.end_epoch(self.model, epoch, cfg.epochs)  # e.g. PromptSRC's prompt aggregation
-            self._stop_if_not_finite(epoch, lr)
+            self._stop_if_not_finite(epoch, lr, last=epoch + 1 == cfg.epochs)
             record = self._epoch_record(epoch, lr, total_loss, correct, seen)
             if evaluate is not None and cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0
                                                             or epoch + 1 == cfg.epochs):
@@ -301,9 +301,12 @@ class Trainer:
         self.method.end_training(self.model, cfg.epochs)
         return history
 
-    def _stop_if_not_finite(self, epoch: int, lr: float, loss: torch.Tensor | None = None) -> None:
+    def _stop_if_not_finite(self, epoch: int, lr: float, loss: torch.Tensor | None = None,
+                            last: bool = False) -> None:
         """The first NaN/inf loss (``loss`` given) or learned tensor ends the run, before anything non-finite
-        reaches a checkpoint or an adapter; the last good checkpoint stays as it is."""
+        reaches a checkpoint or an adapter; the last good checkpoint stays as it is. After the ``last`` epoch the
+        class text features are checked too (finite values so large that the text tower overflows): before,
+        the next epoch's loss catches them, and a text pass every epoch cost a fifth of a small run."""
         if loss is not None:
             if bool(torch.isfinite(loss.detach()).all()):
                 return
@@ -312,7 +315,9 @@ class Trainer:
             tensors = self.model.learnable_state() | self.method.training_state()
             bad = [name for name, t in tensors.items() if not bool(torch.isfinite(t).all())]
             what = f"learned tensor(s) {', '.join(bad[:3])} hold NaN/inf"
-            if not bad:  # the epoch's last step can make finite values so large that the text tower overflows
+            if not bad and not last:
+                return
+            if not bad:  # the last step can make finite values so large that the text tower overflows
                 with torch.no_grad():
                     if bool(torch.isfinite(self.model.text_features(merged=True)).all()):
                         return
