@@ -43,22 +43,22 @@ def test_text_tower_deep_prompts_replace_the_context_positions(deep_backbone):
     text, prompts = deep_backbone.text, model.class_prompts
     embeddings = prompts.assemble(model.context().detach())
     with torch.no_grad():
-        reference = text(embeddings, prompts.eot_index)
-        assert torch.allclose(text.forward_deep(embeddings, prompts.eot_index, []), reference, atol=1e-6)
+        reference = text(embeddings, prompts.token_ids)
+        assert torch.allclose(text.forward_deep(embeddings, prompts.token_ids, []), reference, atol=1e-6)
         # zero-effect deep prompts: the hidden states the context positions had anyway (shared by all classes)
         block0, block1 = text.transformer.resblocks[0], text.transformer.resblocks[1]
-        h1 = _layer_output(block0, lambda: text(embeddings, prompts.eot_index))[0, 1:3]
-        h2 = _layer_output(block1, lambda: text(embeddings, prompts.eot_index))[0, 1:3]
-        same = text.forward_deep(embeddings, prompts.eot_index, [h1, h2])
+        h1 = _layer_output(block0, lambda: text(embeddings, prompts.token_ids))[0, 1:3]
+        h2 = _layer_output(block1, lambda: text(embeddings, prompts.token_ids))[0, 1:3]
+        same = text.forward_deep(embeddings, prompts.token_ids, [h1, h2])
         assert torch.allclose(same, reference, atol=1e-5)
         # real deep prompts change the features; truncation after the last EOT is exact
         deep = [torch.randn(2, text.width) * 0.5 for _ in range(2)]
-        changed = text.forward_deep(embeddings, prompts.eot_index, deep)
+        changed = text.forward_deep(embeddings, prompts.token_ids, deep)
         assert (changed - reference).abs().max() > 1e-3
         cut = int(prompts.eot_index.max()) + 1
-        assert torch.allclose(text.forward_deep(embeddings[:, :cut], prompts.eot_index, deep), changed, atol=1e-5)
+        assert torch.allclose(text.forward_deep(embeddings[:, :cut], prompts.token_ids[:, :cut], deep), changed, atol=1e-5)
         with pytest.raises(DipclipError, match="deep prompts"):
-            text.forward_deep(embeddings, prompts.eot_index, deep * 2)
+            text.forward_deep(embeddings, prompts.token_ids, deep * 2)
 
 
 def test_vision_tower_deep_prompts_replace_the_appended_tokens(deep_backbone):

@@ -644,7 +644,7 @@ def _classifier(adapter: str | Path | None, backbone: Backbone, classnames: list
     text features or logits are refused (a NaN softmax would print ``nan%``)."""
     if adapter is None:
         text_features = zeroshot_text_features(backbone, classnames, [template])
-        return (lambda features: backbone.logit_scale * features @ text_features.t()), "zeroshot", False
+        return (lambda features: backbone.logits(features, text_features)), "zeroshot", False
     loaded = load_adapter(adapter)
     prompt_model = model_from_adapter(loaded, backbone, classnames)
     if prompt_model.image_prompted:  # vision prompts: the model runs its own image tower on the images
@@ -653,7 +653,7 @@ def _classifier(adapter: str | Path | None, backbone: Backbone, classnames: list
     if prompt_model.image_conditioned:
         return (lambda features: checked_logits(prompt_model, features)), loaded.method, False
     text_features = classifier_text_features(prompt_model)
-    return (lambda features: backbone.logit_scale * features @ text_features.t()), loaded.method, False
+    return (lambda features: backbone.logits(features, text_features)), loaded.method, False
 
 
 def _trained_classnames(adapter_config: dict) -> list[str]:

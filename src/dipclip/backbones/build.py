@@ -24,16 +24,30 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def build_from_config(model_cfg: dict) -> nn.Module:
-    """An ``open_clip.CLIP`` from a config dict, its weights drawn with :data:`RANDOM_INIT_SEED`."""
+def model_class(model_cfg: dict) -> type:
+    """The open_clip class a config builds, chosen as open_clip's factory chooses it: ``CoCa`` with a
+    ``multimodal_cfg``, ``CustomTextCLIP`` for ``custom_text`` or a Hugging Face text tower, else ``CLIP``."""
     import open_clip
 
+    if "multimodal_cfg" in model_cfg:
+        return open_clip.CoCa
+    if model_cfg.get("custom_text") or "hf_model_name" in model_cfg.get("text_cfg", {}):
+        return open_clip.CustomTextCLIP
+    return open_clip.CLIP
+
+
+def build_from_config(model_cfg: dict) -> nn.Module:
+    """An open_clip model from a config dict, its weights drawn with :data:`RANDOM_INIT_SEED`."""
+    cls = model_class(model_cfg)
     cfg = dict(model_cfg)
     cfg.pop("custom_text", None)
     cfg.pop("preprocess_cfg", None)
+    text_cfg = dict(cfg.get("text_cfg", {}))
+    text_cfg.setdefault("hf_model_pretrained", False)  # never download: weights come from a checkpoint
+    cfg["text_cfg"] = text_cfg
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)
         try:
-            return open_clip.CLIP(**cfg)
+            return cls(**cfg)
         except TypeError as exc:
             raise DipclipError(f"invalid open_clip model config ({exc}); see open_clip's model_configs/*.json") from None

@@ -17,6 +17,7 @@ import torch
 
 from ..errors import DipclipError
 from .build import build_from_config, file_sha256
+from .tokenizers import clip_bpe
 
 EMBEDDED_MODELS = {"dipclip-tiny": "dipclip-tiny"}
 
@@ -43,7 +44,6 @@ def embedded_vocabulary(name: str) -> frozenset[int]:
 
 def load_embedded(name: str):
     """(open_clip model, tokenizer, identity, name) for an embedded model."""
-    import open_clip
     from safetensors.torch import load_file
 
     folder = embedded_path(name)
@@ -63,5 +63,5 @@ def load_embedded(name: str):
     full[token_ids] = rows.to(full.dtype)
     state["token_embedding.weight"] = full
     model.load_state_dict({k: v.float() for k, v in state.items()})
-    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=model_cfg["text_cfg"].get("context_length", 77))
+    tokenizer = clip_bpe(model_cfg["text_cfg"].get("context_length", 77))
     return model, tokenizer, f"{name}/sha256:{file_sha256(weights_file)[:16]}", name

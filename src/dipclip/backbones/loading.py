@@ -16,17 +16,16 @@ import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import DipclipError, warn
 from ..files import read_json, read_safetensors
-from . import embedded
+from . import embedded, tokenizers
 from .build import build_from_config, file_sha256
 from .precision import autocast_for
-from .text_tower import TextTower
+from .text_towers import TextTowerBase, text_tower_for
 from .vision_tower import VisionTower, is_class_token_vit
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
@@ -43,8 +42,8 @@ class Backbone:
     """A frozen CLIP with its own tokenizer and the facts adapters are checked against."""
 
     model: nn.Module
-    text: TextTower
-    tokenizer: Any
+    text: TextTowerBase
+    tokenizer: tokenizers.Tokenizer
     name: str
     pretrained: str
     identity: str
@@ -64,6 +63,31 @@ class Backbone:
     @property
     def logit_scale(self) -> torch.Tensor:
         return self.model.logit_scale.exp()
+
+    @property
+    def logit_bias(self) -> torch.Tensor | None:
+        """SigLIP-style models' learned logit bias (``scale * cos + bias``); None for CLIP-style ones. A bias
+        shared by every class changes no softmax, cross-entropy, KL or argmax: it matters only for sigmoid
+        probabilities and for exported logits."""
+        bias = getattr(self.model, "logit_bias", None)
+        return None if bias is None else bias.reshape(())
+
+    def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """The model's own logits of normalised features: ``scale * image @ text.T`` (+ the logit bias)."""
+        logits = self.logit_scale * image_features @ text_features.t()
+        bias = self.logit_bias
+        return logits if bias is None else logits + bias.to(logits.dtype)
+
+    @cached_property
+    def content_start(self) -> int:
+        """Position of a text's first token: after SOS for CLIP (1), 0 for SigLIP's tokenizer (no BOS), after
+        [CLS] or <s> for BERT-style ones. Found by tokenizing two one-letter texts and seeing where they differ."""
+        a, b = self.tokenizer(["x"])[0], self.tokenizer(["y"])[0]
+        differ = (a != b).nonzero()
+        if len(differ) != 1:
+            raise DipclipError(f"cannot find where text starts in {self.name}'s tokenizer ('x' and 'y' differ at "
+                               f"{len(differ)} positions, expected 1)")
+        return int(differ[0, 0])
 
     def to(self, device: torch.device | str) -> Backbone:
         self.model.to(device)
@@ -199,7 +223,7 @@ def load_backbone(
     image_size = int(size[0] if isinstance(size, tuple | list) else size)
     mean = tuple(getattr(visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073))
     std = tuple(getattr(visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711))
-    text = TextTower(clip_model).to(torch_device)
+    text = text_tower_for(clip_model).to(torch_device)
     backbone = Backbone(
         model=clip_model, text=text, tokenizer=tokenizer, name=name, pretrained=pretrained,
         identity=identity, image_size=image_size, mean=mean, std=std, model_arg=model,
@@ -244,13 +268,8 @@ def _looks_like_file(pretrained: str) -> bool:
     return False
 
 
-def _tokenizer_for_config(model_cfg: dict):
-    import open_clip
-
-    text_cfg = model_cfg.get("text_cfg", {})
-    if text_cfg.get("hf_tokenizer_name"):
-        raise DipclipError("configs with a Hugging Face tokenizer are not supported; use a CLIP BPE text tower")
-    return open_clip.tokenizer.SimpleTokenizer(context_length=text_cfg.get("context_length", 77))
+def _tokenizer_for_config(model_cfg: dict) -> tokenizers.Tokenizer:
+    return tokenizers.for_config(model_cfg)
 
 
 def _is_file(path: str | None) -> bool:
@@ -308,7 +327,7 @@ def _from_weights_file(model: str | None, pretrained: str, model_cfg: dict | Non
             ) from None
         name = model or f"openai:{Path(path).stem}"
         ctx = clip_model.positional_embedding.shape[0]
-        return clip_model, open_clip.tokenizer.SimpleTokenizer(context_length=ctx), identity, name
+        return clip_model, tokenizers.clip_bpe(ctx), identity, name
     if model_cfg is not None or model.endswith(".json"):
         model_cfg = model_cfg if model_cfg is not None else read_model_config(model)
         clip_model = build_from_config(model_cfg)
@@ -323,7 +342,7 @@ def _from_weights_file(model: str | None, pretrained: str, model_cfg: dict | Non
         clip_model = open_clip.create_model(model, pretrained=path, precision="fp32", device="cpu")
     except RuntimeError as exc:
         raise DipclipError(f"cannot load {pretrained} into {model}: {str(exc).splitlines()[0]}") from None
-    return clip_model, open_clip.get_tokenizer(model), identity, model
+    return clip_model, _named_tokenizer(model, None), identity, model
 
 
 def _read_openai_checkpoint(path: str, shown: str) -> dict:
@@ -382,6 +401,13 @@ def _check_model_name(model: str) -> None:
         raise DipclipError(f"unknown open_clip model {model!r} (or a config JSON path that does not exist){hint}")
 
 
+def _named_tokenizer(model: str, cache_dir: str | None) -> tokenizers.Tokenizer:
+    """The tokenizer of an open_clip model name, from its built-in config (offline)."""
+    import open_clip
+
+    return tokenizers.for_config(open_clip.get_model_config(model) or {}, cache_dir)
+
+
 def _from_open_clip_name(model: str, pretrained: str, cache_dir: str | None):
     import open_clip
 
@@ -389,7 +415,7 @@ def _from_open_clip_name(model: str, pretrained: str, cache_dir: str | None):
     if pretrained == "none":
         model_cfg = open_clip.get_model_config(model)
         clip_model = build_from_config(model_cfg)
-        return clip_model, open_clip.get_tokenizer(model), f"{model}/none", model
+        return clip_model, _named_tokenizer(model, None), f"{model}/none", model
     tags = open_clip.list_pretrained_tags_by_model(model)
     if pretrained not in tags:
         raise DipclipError(
@@ -404,7 +430,7 @@ def _from_open_clip_name(model: str, pretrained: str, cache_dir: str | None):
     clip_model = open_clip.create_model(
         model, pretrained=weights, precision="fp32", device="cpu", force_quick_gelu=quick_gelu
     )
-    return clip_model, open_clip.get_tokenizer(model), f"{model}/{pretrained}", model
+    return clip_model, _named_tokenizer(model, cache_dir), f"{model}/{pretrained}", model
 
 
 def _hub_files(tag_cfg: dict) -> tuple[str, list[str]]:

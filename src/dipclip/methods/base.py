@@ -117,7 +117,8 @@ def context_init(backbone: Backbone, cfg: PromptConfig, n_classes: int, keep_tai
                 f"pass --n-ctx {n_tokens} or another init text"
             )
         with torch.no_grad():
-            init = backbone.text.embed_tokens(ids)[0, 1 : 1 + cfg.n_ctx].clone()
+            start = backbone.content_start
+            init = backbone.text.embed_tokens(ids)[0, start : start + cfg.n_ctx].clone()
         if cfg.class_specific:  # every class starts from the init text (CoOp's own code ignores CSC here)
             init = init.unsqueeze(0).repeat(n_classes, 1, 1)
     else:
@@ -302,7 +303,7 @@ class PromptCLIP(nn.Module):
         if text_features is None:
             text_features = self.text_features()
             self.last_text_features = text_features  # the step's features, for losses that need them again
-        return self.backbone.logit_scale * image_features @ text_features.t()
+        return self.backbone.logits(image_features, text_features)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,9 @@ class CoCoOpCLIP(PromptCLIP):
             shifted = ctx + shift.unsqueeze(-2)  # broadcasts over context tokens (and classes if class-specific)
             text = nn.functional.normalize(self.class_prompts(shifted).float(), dim=-1)
             rows.append(feature @ text.t())
-        return self.backbone.logit_scale * torch.stack(rows)
+        logits = self.backbone.logit_scale * torch.stack(rows)
+        bias = self.backbone.logit_bias
+        return logits if bias is None else logits + bias.to(logits.dtype)
 
 
 class CoCoOp(PromptMethod):

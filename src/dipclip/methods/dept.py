@@ -143,7 +143,7 @@ class DePTCLIP(PromptCLIP):
         if text_features is None:
             text_features = nn.functional.normalize(self.raw_text_features(), dim=-1)
         image = normalize_image_features(raw_image)
-        similarity = self.backbone.logit_scale * image @ text_features.t()
+        similarity = self.backbone.logits(image, text_features)
         return (1 - HEAD_WEIGHT) * similarity + HEAD_WEIGHT * self.head_logits(raw_image)
 
 
@@ -163,7 +163,7 @@ class DePT(PromptMethod):
         raw_image = raw_image_features(model.backbone, images)
         raw_text = model.raw_text_features()
         image = normalize_image_features(raw_image)
-        similarity = model.backbone.logit_scale * image @ nn.functional.normalize(raw_text, dim=-1).t()
+        similarity = model.backbone.logits(image, nn.functional.normalize(raw_text, dim=-1))
         head_inputs = torch.cat([model.text_transform(raw_text[labels]), model.image_transform(raw_image)])
         head_logits = model.head(head_inputs)
         loss = (1 - HEAD_WEIGHT) * nn.functional.cross_entropy(similarity, labels) + \

@@ -61,8 +61,8 @@ class DeepPromptCLIP(PromptCLIP):
         prompts = self.class_prompts
         embeddings = prompts.assemble(ctx)
         length = int(prompts.eot_index.max()) + 1 if self.backbone.text.causal else embeddings.shape[1]
-        features = self.backbone.text.forward_deep(embeddings[:, :length], prompts.eot_index,
-                                                   self.deep_text_prompts(merged))
+        features = self.backbone.text.forward_deep(embeddings[:, :length], prompts.token_ids[:, :length],
+                                                   self.deep_text_prompts(merged), start=prompts.ctx_start)
         return nn.functional.normalize(features.float(), dim=-1)
 
     def image_features(self, images: torch.Tensor, merged: bool = False) -> torch.Tensor:
@@ -76,7 +76,7 @@ class DeepPromptCLIP(PromptCLIP):
             self.last_text_features = text_features
         image_features = self.image_features(images)
         self.last_image_features = image_features  # for losses that need them again (PromptSRC)
-        return self.backbone.logit_scale * image_features @ text_features.t()
+        return self.backbone.logits(image_features, text_features)
 
 
 class MaPLeCLIP(DeepPromptCLIP):

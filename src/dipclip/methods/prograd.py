@@ -50,7 +50,8 @@ class ProGradCLIP(PromptCLIP):
                                f"--n-ctx {max(16, words)} (ProGrad's published value is 16) or --random-init")
         tokens = backbone.tokenizer.encode(text)
         with torch.no_grad():
-            embedded = backbone.text.embed_tokens(backbone.tokenize([text]))[0, 1: 1 + words]
+            start = backbone.content_start
+            embedded = backbone.text.embed_tokens(backbone.tokenize([text]))[0, start: start + words]
         init = torch.zeros(cfg.n_ctx, backbone.text.width, dtype=embedded.dtype, device=embedded.device)
         init[cfg.n_ctx - words:] = embedded
         if cfg.class_specific:
@@ -84,7 +85,7 @@ class ProGrad(PromptMethod):
         if cached is None or cached[0] != key:
             cached = (key, zeroshot_text_features(model.backbone, model.classnames, [template]))
             model._prograd_anchor = cached
-        return model.backbone.logit_scale * image_features @ cached[1].t()
+        return model.backbone.logits(image_features, cached[1])
 
     def training_step(self, model: PromptCLIP, image_features: torch.Tensor, labels: torch.Tensor,
                       optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, torch.Tensor]:

@@ -187,7 +187,7 @@ class PromptSRC(PromptMethod):
                    labels: torch.Tensor) -> torch.Tensor | None:
         frozen_text = self.frozen_text(model)
         frozen_image = model.backbone.encode_images(images)
-        frozen_logits = model.backbone.logit_scale * frozen_image @ frozen_text.t()
+        frozen_logits = model.backbone.logits(frozen_image, frozen_text)
         l1 = nn.functional.l1_loss
         loss = (self.text_weight * l1(model.last_text_features, frozen_text)
                 + self.image_weight * l1(model.last_image_features, frozen_image))

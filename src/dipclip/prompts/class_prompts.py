@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..backbones.loading import Backbone
-from ..backbones.text_tower import PrefixCache
+from ..backbones.text_towers import PrefixCache
 from ..errors import DipclipError
 
 CLASS_POSITIONS = ("end", "middle", "front")
@@ -32,6 +32,25 @@ CHUNK_OVERHEAD_TOKENS = 32  # what one more chunk costs, in positions (per-layer
 
 def clean_classname(name: str) -> str:
     return name.replace("_", " ").strip()
+
+
+def context_positions(backbone: Backbone, token_ids: torch.Tensor, placeholder: str, classnames: list[str],
+                      n_ctx: int) -> int:
+    """Where the context goes: the first of ``n_ctx`` consecutive positions after the tokenizer's leading special
+    tokens (SOS for CLIP, none for SigLIP, [CLS] for BERT), checked, not assumed: the placeholder words must
+    take exactly those positions in every class's tokens, or the learned vectors would land elsewhere."""
+    start = backbone.content_start
+    if n_ctx == 0:
+        return start
+    xs = " ".join(["X"] * n_ctx)
+    other = backbone.tokenize([" ".join(["Y"] * n_ctx) + placeholder[len(xs):] + f" {classnames[0]}."])
+    differ = (token_ids[:1] != other).nonzero()[:, 1].tolist()
+    if differ != list(range(start, start + n_ctx)):
+        raise DipclipError(
+            f"{backbone.name}'s tokenizer does not give each of the {n_ctx} context placeholders one token of its "
+            f"own (positions {differ}, expected {start}..{start + n_ctx - 1}); prompt tuning cannot place the context"
+        )
+    return start
 
 
 class ClassPrompts(nn.Module):
@@ -55,22 +74,24 @@ class ClassPrompts(nn.Module):
             placeholder = f"{placeholder} {fixed_words}"
         self.fixed_words = fixed_words
         sentences = [f"{placeholder} {name}." for name in self.classnames]
-        context_length = backbone.text.context_length
+        context_length = backbone.tokenizer.context_length
         for name, sentence in zip(self.classnames, sentences, strict=True):
-            if len(backbone.tokenizer.encode(sentence)) + 2 > context_length:
+            if not backbone.tokenizer.fits(sentence):
                 raise DipclipError(
                     f"class name {name!r} does not fit the text context of {context_length} tokens with "
                     f"{n_ctx} context tokens; shorten it or use fewer context tokens"
                 )
         token_ids = backbone.tokenize(sentences)
-        eot_index = token_ids.argmax(dim=-1)
+        self.ctx_start = context_positions(backbone, token_ids, placeholder, self.classnames, n_ctx)
         name_lengths = torch.tensor([len(backbone.tokenizer.encode(name)) for name in self.classnames])
         with torch.no_grad():
             embeddings = self.text.embed_tokens(token_ids)
+        start = self.ctx_start
         self.register_buffer("token_ids", token_ids, persistent=False)
-        self.register_buffer("eot_index", eot_index, persistent=False)
-        self.register_buffer("prefix", embeddings[:, :1].clone(), persistent=False)
-        self.register_buffer("suffix", embeddings[:, 1 + n_ctx:].clone(), persistent=False)
+        # the pooled position of each class's sequence (its EOT token on CLIP towers)
+        self.register_buffer("eot_index", self.text.pool_index(token_ids), persistent=False)
+        self.register_buffer("prefix", embeddings[:, :start].clone(), persistent=False)
+        self.register_buffer("suffix", embeddings[:, start + n_ctx:].clone(), persistent=False)
         self.register_buffer("gather_index", self._layout(name_lengths, token_ids.shape[1]), persistent=False)
         self.chunk_tokens = max(1, int(chunk_tokens))
         self._plans: dict[tuple, tuple[list[tuple[torch.Tensor, int]], torch.Tensor, int]] = {}
@@ -83,12 +104,12 @@ class ClassPrompts(nn.Module):
         """Index into ``cat(prefix, ctx, suffix)`` giving the final order of positions per class."""
         if self.position == "end":
             return None
-        n = self.n_ctx
+        n, s = self.n_ctx, self.ctx_start
         rows = []
         for name_len in name_lengths.tolist():
-            sos, ctx = [0], list(range(1, 1 + n))
-            name = list(range(1 + n, 1 + n + name_len))
-            rest = list(range(1 + n + name_len, length))
+            sos, ctx = list(range(s)), list(range(s, s + n))
+            name = list(range(s + n, s + n + name_len))
+            rest = list(range(s + n + name_len, length))
             if self.position == "front":
                 order = sos + name + ctx + rest
             else:
@@ -110,21 +131,21 @@ class ClassPrompts(nn.Module):
 
     def full_length_forward(self, ctx: torch.Tensor) -> torch.Tensor:
         """The straightforward pass: every class at the full context length, all at once (the reference)."""
-        return self.text(self.assemble(ctx), self.eot_index)
+        return self.text(self.assemble(ctx), self.token_ids)
 
     def shared_length(self, ctx: torch.Tensor) -> int:
         """Leading positions that are the same for every class: SOS, plus the context before the class name
         when the context is shared (all of it at ``end``, the first half in the ``middle``, none at ``front``)."""
         if ctx.dim() == 3:
-            return 1
-        return 1 + {"end": self.n_ctx, "middle": self.n_ctx // 2, "front": 0}[self.position]
+            return self.ctx_start
+        return self.ctx_start + {"end": self.n_ctx, "middle": self.n_ctx // 2, "front": 0}[self.position]
 
     def forward(self, ctx: torch.Tensor) -> torch.Tensor:
         """Text features [C, D], equal to :meth:`full_length_forward` up to float rounding."""
         self._check(ctx)
         start = self.shared_length(ctx)
-        if start < 2 or not self.text.supports_prefix_cache:
-            start = 0  # SOS alone is not worth a cache; other block types take the uncached path
+        if start <= self.ctx_start or not self.text.supports_prefix_cache:
+            start = 0  # SOS alone is not worth a cache; other towers and block types take the uncached path
         chunks, inverse, total = self._plan(start)
         cache = self.text.encode_prefix(self._rows(ctx, chunks[0][0][:1], start)[0]) if start else None
         recompute = torch.is_grad_enabled() and ctx.requires_grad and len(chunks) > 1 and total > self.chunk_tokens
@@ -147,7 +168,7 @@ class ClassPrompts(nn.Module):
     def _encode_chunk(self, ctx: torch.Tensor, cache: PrefixCache | None, index: torch.Tensor,
                       length: int) -> torch.Tensor:
         start = 0 if cache is None else cache.length
-        return self.text(self._rows(ctx, index, length)[:, start:], self.eot_index[index], prefix=cache)
+        return self.text(self._rows(ctx, index, length)[:, start:], self.token_ids[index, :length], prefix=cache)
 
     def _rows(self, ctx: torch.Tensor, index: torch.Tensor, length: int) -> torch.Tensor:
         """The first ``length`` positions of the prompts of classes ``index`` [n, length, width]."""
@@ -155,7 +176,7 @@ class ClassPrompts(nn.Module):
         rows = ctx.unsqueeze(0).expand(n, -1, -1) if ctx.dim() == 2 else ctx.index_select(0, index)
         rows = rows.to(self.prefix.dtype)
         if self.gather_index is None:
-            tail = self.suffix[index, : max(0, length - 1 - self.n_ctx)]
+            tail = self.suffix[index, : max(0, length - self.ctx_start - self.n_ctx)]
             return torch.cat([self.prefix[index], rows, tail], dim=1)[:, :length]
         full = torch.cat([self.prefix[index], rows, self.suffix[index]], dim=1)
         order = self.gather_index[index, :length]
@@ -172,7 +193,7 @@ class ClassPrompts(nn.Module):
         key = (start, str(device))
         if key in self._plans:
             return self._plans[key]
-        full = self.text.context_length
+        full = self.token_ids.shape[1]
         needed = (self.eot_index + 1).tolist() if self.text.causal else [full] * self.num_classes
         order = sorted(range(self.num_classes), key=lambda c: (needed[c], c))
         lengths = sorted(set(needed))

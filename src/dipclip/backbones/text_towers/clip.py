@@ -1,70 +1,68 @@
-"""The one place that touches open_clip's text internals.
+"""open_clip's own text transformers: causal CLIP towers pooled at the end-of-text token (with exact shortcuts)
+and every other kind open_clip builds (non-causal SigLIP/SigLIP2/MobileCLIP towers, ``first``/``last``/``eos``
+pooling, a projection with bias, CoCa's appended class token, padding masks), on one general path.
 
-Prompt methods replace some token embeddings by learned vectors, so they cannot call
-``encode_text(ids)``; they need the pieces: token embedding, positional embedding, the causal
-transformer, the final norm, the projection and the pooling at the end-of-text (EOT) token.
-Everything else in dipclip drives the text tower through :class:`TextTower`.
-
-Two exact shortcuts live here because they need the transformer's pieces. The tower is causal, so a
-sequence may stop right after its EOT token (positions after it never reach it); and leading positions that
-every class shares (SOS + context when the class name comes last) have the same hidden states in every
-class, so :meth:`TextTower.encode_prefix` runs them once and keeps each layer's keys and values, which
-:meth:`TextTower.forward` then attends to from the per-class positions only. On that path and in
-:meth:`TextTower.forward_deep` the last block runs for each sequence's EOT position alone (its query against
-every key and value), since no other position's last-layer output is pooled.
+The general path is open_clip's ``TextTransformer.forward`` with embeddings in place of ``token_embedding(ids)``:
+the same masks (built by open_clip's own method from the ids the embeddings stand for), the same pooling, at the
+model's own context length. Three exact shortcuts apply only to causal towers pooled at a token, where they are
+exact: the tower is causal, so a sequence may stop right after its pooled token (positions after it never reach
+it); leading positions every class shares (SOS + context when the class name comes last) have the same hidden
+states in every class, so :meth:`OpenClipTextTower.encode_prefix` runs them once and keeps each layer's keys and
+values, which :meth:`OpenClipTextTower.forward` then attends to from the per-class positions only; and on that
+path and in :meth:`OpenClipTextTower.forward_deep` the last block runs for the pooled position alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import DipclipError
-from .precision import cuda_autocast
+from ...errors import DipclipError
+from ..precision import cuda_autocast
+from .base import PrefixCache, TextTowerBase
+
+POOL_TYPES = ("argmax", "eos", "first", "last")
 
 
-@dataclass
-class PrefixCache:
-    """Per-layer keys and values ``[1, heads, P, head_dim]`` of the first ``length`` positions."""
-
-    length: int
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
-
-
-class TextTower(nn.Module):
+class OpenClipTextTower(TextTowerBase):
     """A thin view over an open_clip text transformer (shares its weights, copies nothing)."""
+
+    kind = "open_clip text transformer"
 
     def __init__(self, clip_model: nn.Module):
         super().__init__()
-        # open_clip.CLIP keeps the text modules on the model; CustomTextCLIP keeps them in `.text`.
+        # open_clip.CLIP keeps the text modules on the model; CustomTextCLIP and CoCa keep them in `.text`.
         source = clip_model.text if isinstance(getattr(clip_model, "text", None), nn.Module) else clip_model
         required = ("token_embedding", "positional_embedding", "transformer", "ln_final")
         missing = [name for name in required if not hasattr(source, name)]
         if missing:
             raise DipclipError(
-                f"this model's text tower ({type(source).__name__}) is not an open_clip TextTransformer "
-                f"(missing {', '.join(missing)}); prompt tuning needs a CLIP-style causal text transformer"
+                f"this model's text tower ({type(source).__name__}) is neither an open_clip TextTransformer nor a "
+                f"Hugging Face text encoder (missing {', '.join(missing)}); prompt tuning cannot reach its tokens"
             )
-        if getattr(source, "cls_emb", None) is not None:
-            raise DipclipError("text towers with a CLS embedding (CoCa-style) are not supported for prompt tuning")
-        pool_type = getattr(source, "text_pool_type", None) or getattr(source, "pool_type", "argmax")
-        if pool_type != "argmax":
-            raise DipclipError(
-                f"text pooling {pool_type!r} is not supported; dipclip needs EOT (argmax) pooling as in OpenAI CLIP"
-            )
+        self.source = [source]  # a list: the source module is not a submodule (its weights are already ours)
+        self.pool_type = getattr(source, "text_pool_type", None) or getattr(source, "pool_type", "argmax")
+        if self.pool_type not in POOL_TYPES:
+            raise DipclipError(f"text pooling {self.pool_type!r} gives one feature per token, not per text; "
+                               f"prompt tuning needs one of {', '.join(POOL_TYPES)}")
+        self.eos_id = getattr(source, "text_eos_id", None) if source is clip_model else getattr(source, "eos_id", None)
         self.token_embedding = source.token_embedding
         self.positional_embedding = source.positional_embedding
         self.transformer = source.transformer
         self.ln_final = source.ln_final
         self.text_projection = getattr(source, "text_projection", None)
+        self.cls_emb = getattr(source, "cls_emb", None)
+        self.use_pad_mask = bool(getattr(source, "use_pad_mask", False)) and source is not clip_model
         mask = getattr(source, "attn_mask", None)
         self.register_buffer("attn_mask", None if mask is None else mask.clone(), persistent=False)
-        self.causal = mask is not None
+        # Truncation after the pooled token is exact only when nothing after it is attended to by it: a causal
+        # mask, pooling at a token, no appended class token, no padding mask.
+        self.causal = (mask is not None and self.cls_emb is None and not self.use_pad_mask
+                       and self.pool_type in ("argmax", "eos", "first"))
+        self.supports_deep_prompts = True
         self.requires_grad_(False)  # frozen backbone: gradients only ever reach the prompt embeddings
 
     @property
@@ -72,7 +70,7 @@ class TextTower(nn.Module):
         """True when every block is open_clip's plain pre-norm block around ``nn.MultiheadAttention``
         (what CLIP text towers use); other block types take the exact but uncached path."""
         transformer = self.transformer
-        if not self.causal or not getattr(transformer, "batch_first", False):
+        if not self.causal or self.pool_type not in ("argmax", "eos") or not getattr(transformer, "batch_first", False):
             return False
         if getattr(transformer, "grad_checkpointing", False):
             return False
@@ -92,7 +90,7 @@ class TextTower(nn.Module):
 
     @property
     def context_length(self) -> int:
-        return self.positional_embedding.shape[0]
+        return self.positional_embedding.shape[0] - (0 if self.cls_emb is None else 1)
 
     @property
     def output_dim(self) -> int:
@@ -101,72 +99,94 @@ class TextTower(nn.Module):
             return self.width
         return proj.out_features if isinstance(proj, nn.Linear) else proj.shape[1]
 
+    @property
+    def layers(self) -> int:
+        return len(self.transformer.resblocks)
+
     def embed_tokens(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings [B, L, width] (no positional embedding yet)."""
         return self.token_embedding(token_ids)
+
+    def pool_index(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """The pooled position of each sequence, as open_clip's ``text_global_pool`` picks it."""
+        rows, length = token_ids.shape
+        if self.cls_emb is not None:  # CoCa: the class token appended after the sequence
+            return torch.full((rows,), length, dtype=torch.long, device=token_ids.device)
+        if self.pool_type == "argmax":
+            return token_ids.argmax(dim=-1)
+        if self.pool_type == "eos":
+            return (token_ids == self.eos_id).int().argmax(dim=-1)
+        index = 0 if self.pool_type == "first" else length - 1
+        return torch.full((rows,), index, dtype=torch.long, device=token_ids.device)
 
     def _cast(self, embeddings: torch.Tensor) -> torch.Tensor:
         cast_dtype = self.transformer.get_cast_dtype() if hasattr(self.transformer, "get_cast_dtype") else None
         return embeddings if cast_dtype is None else embeddings.to(cast_dtype)
 
-    @cuda_autocast
-    def forward(self, embeddings: torch.Tensor, eot_index: torch.Tensor,
-                prefix: PrefixCache | None = None) -> torch.Tensor:
-        """Text features [B, output_dim] of prompt embeddings [B, L, width], pooled at ``eot_index``.
-
-        ``L`` may be shorter than the context length: the transformer is causal, so positions after the
-        EOT token never influence it, and a truncated sequence gives the same EOT output. With ``prefix``
-        (from :meth:`encode_prefix`) ``embeddings`` are positions ``prefix.length ...`` only and
-        ``eot_index`` still counts from the start of the sequence.
-        """
-        if prefix is not None:
-            return self._forward_after_prefix(embeddings, eot_index, prefix)
-        length = embeddings.shape[1]
+    def _embed(self, embeddings: torch.Tensor, token_ids: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """open_clip's ``TextTransformer._embeds`` from embeddings: the class token appended, the masks built
+        from the ids (by open_clip's own method), the positional embedding added."""
         x = self._cast(embeddings)
-        x = x + self.positional_embedding[:length].to(x.dtype)
+        length = x.shape[1]
+        if self.cls_emb is not None:
+            x = torch.cat([x, self.cls_emb.to(x.dtype).reshape(1, 1, -1).expand(x.shape[0], -1, -1)], dim=1)
+            length += 1
         mask = None if self.attn_mask is None else self.attn_mask[:length, :length]
-        x = self.transformer(x, attn_mask=mask)
-        return self._pool(x, eot_index)
-
-    @property
-    def layers(self) -> int:
-        return len(self.transformer.resblocks)
+        if self.use_pad_mask or self.cls_emb is not None:
+            extra = self.source[0]._build_additive_mask(token_ids[:, : embeddings.shape[1]], length, x.dtype)
+            mask = extra if mask is None else mask.unsqueeze(0) + extra
+        return x + self.positional_embedding[:length].to(x.dtype), mask
 
     @cuda_autocast
-    def forward_deep(self, embeddings: torch.Tensor, eot_index: torch.Tensor,
+    def forward(self, embeddings: torch.Tensor, token_ids: torch.Tensor,
+                prefix: PrefixCache | None = None) -> torch.Tensor:
+        """Text features [B, output_dim] of prompt embeddings [B, L, width] (see :class:`TextTowerBase`).
+
+        On a causal tower ``L`` may be shorter than the context length: positions after the pooled token never
+        influence it. With ``prefix`` (from :meth:`encode_prefix`) ``embeddings`` are positions
+        ``prefix.length ...`` only and ``token_ids`` still start at position 0.
+        """
+        index = self.pool_index(token_ids)
+        if prefix is not None:
+            return self._forward_after_prefix(embeddings, index, prefix)
+        x, mask = self._embed(embeddings, token_ids)
+        x = self.transformer(x, attn_mask=mask)
+        return self._pool(x, index)
+
+    @cuda_autocast
+    def forward_deep(self, embeddings: torch.Tensor, token_ids: torch.Tensor,
                      deep_prompts: Sequence[torch.Tensor], start: int = 1) -> torch.Tensor:
         """Like :meth:`forward`, with layer-specific context tokens (MaPLe/PromptSRC deep prompts).
 
         At the input of layer ``i`` (1 <= i <= len(deep_prompts)) positions ``start : start + n`` are replaced
         by ``deep_prompts[i - 1]`` ([n, width], shared by every sequence); layer 0 sees ``embeddings`` as
-        given. No prefix cache here (the shared positions change per layer), but the same exact truncation and
-        the same EOT-only last block.
+        given. No prefix cache here (the shared positions change per layer), but the same exact truncation and,
+        on causal towers, the same pooled-position-only last block.
         """
         if len(deep_prompts) >= self.layers:
             raise DipclipError(f"{len(deep_prompts)} deep prompts need more than the {self.layers} text layers")
-        length = embeddings.shape[1]
-        x = self._cast(embeddings)
-        x = x + self.positional_embedding[:length].to(x.dtype)
-        mask = None if self.attn_mask is None else self.attn_mask[:length, :length]
+        index = self.pool_index(token_ids)
+        x, mask = self._embed(embeddings, token_ids)
         batch_first = getattr(self.transformer, "batch_first", True)
         blocks = self.transformer.resblocks
-        for index, block in enumerate(blocks):
-            if 0 < index <= len(deep_prompts):
-                deep = deep_prompts[index - 1].to(x.dtype)
+        for layer, block in enumerate(blocks):
+            if 0 < layer <= len(deep_prompts):
+                deep = deep_prompts[layer - 1].to(x.dtype)
                 n = deep.shape[0]
                 deep = deep.unsqueeze(0).expand(x.shape[0], -1, -1)
                 x = torch.cat([x[:, :start], deep, x[:, start + n:]], dim=1)
-            if index == len(blocks) - 1 and self.supports_prefix_cache:
-                x, _ = self._block(block, x, None, only=eot_index)  # the last block for the EOT rows alone
-                return self._pool(x, torch.zeros_like(eot_index))
+            if layer == len(blocks) - 1 and self.supports_prefix_cache:
+                x, _ = self._block(block, x, None, only=index)  # the last block for the pooled rows alone
+                return self._pool(x, torch.zeros_like(index))
             if batch_first:
                 x = block(x, attn_mask=mask)
             else:
                 x = block(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
-        return self._pool(x, eot_index)
+        return self._pool(x, index)
 
-    def _pool(self, x: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
-        x = self.ln_final(x[torch.arange(x.shape[0], device=x.device), eot_index])  # per-token norm: pool first
+    def _pool(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        x = self.ln_final(x[torch.arange(x.shape[0], device=x.device), index])  # per-token norm: pool first
         proj = self.text_projection
         if proj is None:
             return x
@@ -233,10 +253,3 @@ class TextTower(nn.Module):
             return x, own  # the prefix's last-layer output is never pooled: skip its MLP
         x = x + block.ls_2(block.mlp(block.ln_2(x)))
         return x, own
-
-    def encode_token_ids(self, token_ids: torch.Tensor) -> torch.Tensor:
-        """The same as open_clip's ``encode_text`` (unnormalised), for hand-written prompts.
-
-        Full length on purpose: it is the bit-for-bit reference, and hand-written prompts are encoded once.
-        """
-        return self(self.embed_tokens(token_ids), token_ids.argmax(dim=-1))
