@@ -39,6 +39,12 @@ def model_class(model_cfg: dict) -> type:
 def build_from_config(model_cfg: dict) -> nn.Module:
     """An open_clip model from a config dict, its weights drawn with :data:`RANDOM_INIT_SEED`."""
     cls = model_class(model_cfg)
+    if model_cfg.get("text_cfg", {}).get("hf_model_name"):
+        try:
+            import transformers  # noqa: F401
+        except ImportError:
+            raise DipclipError(f"this model's text tower is a Hugging Face model ({model_cfg['text_cfg']['hf_model_name']}), "
+                               "which needs the transformers package; pip install 'dipclip[hf]'") from None
     cfg = dict(model_cfg)
     cfg.pop("custom_text", None)
     cfg.pop("preprocess_cfg", None)
@@ -51,3 +57,8 @@ def build_from_config(model_cfg: dict) -> nn.Module:
             return cls(**cfg)
         except TypeError as exc:
             raise DipclipError(f"invalid open_clip model config ({exc}); see open_clip's model_configs/*.json") from None
+        except OSError as exc:  # a Hugging Face text tower's config.json neither in a folder nor in the HF cache
+            name = text_cfg.get("hf_model_name")
+            raise DipclipError(f"the text tower {name!r} is not available offline ({str(exc).splitlines()[0][:120]}); "
+                               "download it on a connected machine (huggingface-cli download NAME) or give a folder "
+                               "holding its config.json") from None

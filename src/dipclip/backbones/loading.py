@@ -58,7 +58,7 @@ class Backbone:
 
     @property
     def device(self) -> torch.device:
-        return self.text.positional_embedding.device
+        return next(self.model.parameters()).device
 
     @property
     def logit_scale(self) -> torch.Tensor:
@@ -126,8 +126,9 @@ class Backbone:
 
     @cached_property
     def vision(self) -> VisionTower | None:
-        """The image tower with the class-token shortcut, or None for towers it does not cover (ResNet,
-        attention or average pooling), which run open_clip's own ``encode_image``."""
+        """The image tower with the class-token shortcut (open_clip ViTs pooled by their class token), or None
+        for every other tower (ResNet, timm, attention or average pooling), which runs open_clip's own
+        ``encode_image``."""
         return VisionTower(self.model) if is_class_token_vit(self.model.visual) else None
 
     @torch.no_grad()
@@ -138,7 +139,7 @@ class Backbone:
             features = self.vision(images)
         else:
             with autocast_for(images.device):
-                features = self.model.encode_image(images)
+                features = self.model.encode_image(images, normalize=False)  # CoCa normalises by default
         return normalize_image_features(features.float()) if normalize else features.float()
 
     def describe(self) -> dict:
@@ -192,7 +193,13 @@ def load_backbone(
     - ``model`` a path to an open_clip model config JSON (``{"embed_dim", "vision_cfg", "text_cfg"}``);
     - ``pretrained="none"``: random weights (seeded, identical at every load); never the default, because
       a model that silently has random weights gives numbers that look like results;
-    - ``pretrained`` the name of an embedded dipclip model (see :mod:`dipclip.backbones.embedded`).
+    - ``pretrained`` the name of an embedded dipclip model (see :mod:`dipclip.backbones.embedded`);
+    - ``pretrained="hf-hub:ORG/NAME"``: open_clip's hub form, read offline from the Hugging Face cache
+      (``model`` absent or the same string; see :mod:`dipclip.backbones.hub`);
+    - ``pretrained`` a Hugging Face ``transformers`` CLIP or SigLIP folder (``config.json`` + weights), with
+      ``model`` absent or the same folder, converted exactly to open_clip (:mod:`dipclip.backbones.convert`);
+      the backbone then records the weights file inside it as ``pretrained``/``weights_file`` (that file
+      works as ``--pretrained`` too), so an adapter rebuilds it.
 
     ``announce`` prints one ``weights: ...`` line to stderr, so every run says what it runs on.
     ``model_config``: the content of the config JSON ``model`` names (an adapter records it), used instead
@@ -203,7 +210,10 @@ def load_backbone(
     if embedded.is_embedded(pretrained) and model is not None:
         raise DipclipError(f"--pretrained {pretrained} is dipclip's own model with its own architecture; "
                            f"drop --model {model}, or give weights for {model} with --pretrained TAG|FILE")
-    if embedded.is_embedded(pretrained):
+    hugging_face = _from_hugging_face(model, pretrained, cache_dir)  # hf-hub:ORG/NAME or a transformers folder
+    if hugging_face is not None:
+        (clip_model, tokenizer, identity, name), model, pretrained = hugging_face
+    elif embedded.is_embedded(pretrained):
         clip_model, tokenizer, identity, name = embedded.load_embedded(pretrained)
     elif pretrained != "none" and _looks_like_file(pretrained):  # a file called "none" is not weights
         clip_model, tokenizer, identity, name = _from_weights_file(model, pretrained, model_config)
@@ -223,7 +233,7 @@ def load_backbone(
     image_size = int(size[0] if isinstance(size, tuple | list) else size)
     mean = tuple(getattr(visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073))
     std = tuple(getattr(visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711))
-    text = text_tower_for(clip_model).to(torch_device)
+    text = text_tower_for(clip_model, tokenizer.context_length).to(torch_device)
     backbone = Backbone(
         model=clip_model, text=text, tokenizer=tokenizer, name=name, pretrained=pretrained,
         identity=identity, image_size=image_size, mean=mean, std=std, model_arg=model,
@@ -236,6 +246,20 @@ def load_backbone(
     if announce and os.environ.get("RANK", "0") == "0":
         print(weights_line(backbone), file=sys.stderr, flush=True)
     return backbone
+
+
+def _from_hugging_face(model: str | None, pretrained: str, cache_dir: str | None):
+    """``((clip_model, tokenizer, identity, name), model, pretrained)`` for ``hf-hub:ORG/NAME`` or a transformers
+    CLIP/SigLIP folder (or its weights file), else None. A folder comes back as ``model=None`` and ``pretrained``
+    the absolute path of its weights file (an adapter records and reloads that)."""
+    from . import convert, hub
+
+    if hub.is_hub(pretrained) or hub.is_hub(model):
+        return hub.load_hub(model, pretrained, cache_dir), model, pretrained
+    weights = convert.transformers_weights(model, pretrained)
+    if weights is None:
+        return None
+    return convert.load_transformers(weights), None, os.path.abspath(weights)
 
 
 def require_weights(model: str | None, pretrained: str | None) -> None:

@@ -41,6 +41,7 @@ class DeepPromptCLIP(PromptCLIP):
         super().__init__(backbone, classnames, prompt_cfg)
         if prompt_cfg.class_specific or prompt_cfg.class_position != "end":
             raise DipclipError("deep prompts (MaPLe, PromptSRC) need a shared context with the class name at the end")
+        backbone.text.require_deep_prompts()
         self.__dict__["vision"] = VisionTower(backbone.model)  # a view on frozen weights: not a submodule
         self.depth = effective_depth(backbone, self.vision, prompt_cfg.prompt_depth)
         generator = torch.Generator().manual_seed(prompt_cfg.init_seed + 1)

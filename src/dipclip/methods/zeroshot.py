@@ -9,7 +9,7 @@ from torch import nn
 
 from ..backbones.loading import Backbone
 from ..errors import DipclipError
-from ..prompts.class_prompts import clean_classname
+from ..prompts.class_prompts import clean_classname, require_distinct_texts
 
 # The seven templates CoOp's prompt-ensembling zero-shot baseline averages (CLIP's "best 7" for ImageNet).
 ENSEMBLE_TEMPLATES = (
@@ -45,6 +45,7 @@ def zeroshot_text_features(backbone: Backbone, classnames: Sequence[str], templa
     names = [clean_classname(c) for c in classnames]
     # tokenized in one call, so that a model missing words warns once, not once per template
     token_ids = backbone.tokenize([template.format(name) for template in templates for name in names])
+    require_distinct_texts(backbone, names, token_ids[:len(names)])
     total = None
     for start in range(0, len(token_ids), len(names)):
         ids = token_ids[start:start + len(names)]

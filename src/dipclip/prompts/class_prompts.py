@@ -34,6 +34,17 @@ def clean_classname(name: str) -> str:
     return name.replace("_", " ").strip()
 
 
+def require_distinct_texts(backbone: Backbone, classnames: list[str], token_ids: torch.Tensor) -> None:
+    """Two classes whose prompts tokenize alike would get the same text feature, a silent tie; the check runs
+    on the model's own tokenizer (SigLIP's drops punctuation: ``t-shirt`` and ``tshirt`` are one text there)."""
+    seen: dict[tuple[int, ...], str] = {}
+    for name, row in zip(classnames, token_ids.tolist(), strict=True):
+        other = seen.setdefault(tuple(row), name)
+        if other != name:
+            raise DipclipError(f"classes {other!r} and {name!r} are the same text to {backbone.name}'s tokenizer, so "
+                               "they would get the same prediction score; rename one of them")
+
+
 def context_positions(backbone: Backbone, token_ids: torch.Tensor, placeholder: str, classnames: list[str],
                       n_ctx: int) -> int:
     """Where the context goes: the first of ``n_ctx`` consecutive positions after the tokenizer's leading special
@@ -43,7 +54,9 @@ def context_positions(backbone: Backbone, token_ids: torch.Tensor, placeholder: 
     if n_ctx == 0:
         return start
     xs = " ".join(["X"] * n_ctx)
-    other = backbone.tokenize([" ".join(["Y"] * n_ctx) + placeholder[len(xs):] + f" {classnames[0]}."])
+    # the tokenizer itself, not backbone.tokenize: a probe text must not warn about words the model lacks
+    other = backbone.tokenizer([" ".join(["Y"] * n_ctx) + placeholder[len(xs):] + f" {classnames[0]}."])
+    other = other.to(token_ids.device)
     differ = (token_ids[:1] != other).nonzero()[:, 1].tolist()
     if differ != list(range(start, start + n_ctx)):
         raise DipclipError(
@@ -82,6 +95,7 @@ class ClassPrompts(nn.Module):
                     f"{n_ctx} context tokens; shorten it or use fewer context tokens"
                 )
         token_ids = backbone.tokenize(sentences)
+        require_distinct_texts(backbone, self.classnames, token_ids)
         self.ctx_start = context_positions(backbone, token_ids, placeholder, self.classnames, n_ctx)
         name_lengths = torch.tensor([len(backbone.tokenizer.encode(name)) for name in self.classnames])
         with torch.no_grad():

@@ -66,6 +66,13 @@ class TextTowerBase(nn.Module):
                      deep_prompts: Sequence[torch.Tensor], start: int = 1) -> torch.Tensor:
         """Like :meth:`forward`, with positions ``start : start + n`` replaced by ``deep_prompts[i - 1]`` at the
         input of layer ``i`` (MaPLe/PromptSRC deep prompts)."""
+        self.require_deep_prompts()
+        raise NotImplementedError
+
+    def require_deep_prompts(self) -> None:
+        """Refuse deep text prompts up front (before any data is read) on towers that cannot take them."""
+        if self.supports_deep_prompts:
+            return
         raise DipclipError(f"deep text prompts (MaPLe, PromptSRC) need an open_clip text transformer; this model's "
                            f"text tower is a {self.kind}; use coop, dip, cocoop, kgcoop, prograd or dept")
 
