@@ -303,3 +303,31 @@ def test_a_fifo_named_like_weights_is_refused_not_opened(clip_folder, tmp_path):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_the_command_line_runs_zeroshot_train_predict_and_export_on_a_siglip_folder(siglip_folder, image_tree,
+                                                                                     tmp_path, capsys):
+    """What a user does with a transformers SigLIP folder, end to end through the CLI."""
+    from safetensors.torch import load_file
+
+    from cli_run import run
+
+    folder, _ = siglip_folder
+    common = ["--pretrained", folder, "--device", "cpu"]
+    data = ["--data", image_tree, "--dataset", "imagefolder"]
+    code, out, err = run(["zeroshot", *common, *data, "--out", tmp_path / "zs"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "zs" / "metrics.json").read_text())["results"]["test"]["n"] == 12
+    code, out, err = run(["train", "--method", "dip", *common, *data, "--shots", "2", "--epochs", "1",
+                          "--out", tmp_path / "run", "--quiet"], capsys)
+    assert code == 0, err
+    image = next((image_tree / "test").rglob("*.png"))
+    code, out, err = run(["predict", image, "--adapter", tmp_path / "run" / "adapter", "--device", "cpu",
+                          "--top-k", "2", "--out", tmp_path / "pred"], capsys)
+    assert code == 0, err
+    assert image.name in out
+    code, out, err = run(["export", tmp_path / "run" / "adapter", "--device", "cpu", "--out", tmp_path / "x"],
+                         capsys)
+    assert code == 0, err
+    exported = load_file(tmp_path / "x" / "classifier.safetensors")
+    assert float(exported["logit_bias"]) == pytest.approx(-7.25)  # the folder's bias, exported beside the scale

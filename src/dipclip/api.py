@@ -787,7 +787,8 @@ def export(
 ) -> dict:
     """Write the merged prompt and the normalised class text-feature matrix (``classifier.safetensors``).
 
-    The matrix is all a deployment needs: ``logits = logit_scale * normalize(image_features) @ text_features.T``.
+    The matrix is all a deployment needs: ``logits = logit_scale * normalize(image_features) @ text_features.T``
+    (``+ logit_bias`` on SigLIP-style models, which export it).
     """
     from safetensors.torch import save
 
@@ -812,6 +813,8 @@ def export(
         "text_features": classifier_text_features(prompt_model).cpu().contiguous(),
         "logit_scale": backbone.logit_scale.detach().cpu().reshape(1).float(),
     }
+    if backbone.logit_bias is not None:  # SigLIP-style models: logits = scale * cos + bias
+        tensors["logit_bias"] = backbone.logit_bias.detach().cpu().reshape(1).float()
     for name, tensor in tensors.items():  # nothing non-finite is ever written
         require_finite(tensor, f"{prompt_model.origin}: its exported {name}", OVERFLOW_FIX)
     out = Path(out)

@@ -137,9 +137,12 @@ def backbone_args(parser: argparse.ArgumentParser, adapter: str | None = None) -
     ``adapter``: when the command reads an adapter, says when its recorded backbone is the default."""
     group = parser.add_argument_group("backbone")
     group.add_argument("--model", type=path_arg, default=None, metavar="NAME|CONFIG.json",
-                       help="open_clip model name (ViT-B-16) or an open_clip config JSON; optional with an OpenAI .pt")
-    group.add_argument("--pretrained", type=path_arg, default=None, metavar="TAG|FILE",
-                       help="open_clip tag (openai), a weights file (~/.cache/clip/ViT-B-16.pt), an embedded "
+                       help="open_clip model name (ViT-B-16, ViT-B-16-SigLIP, coca_ViT-B-32, EVA02-B-16) or an "
+                            "open_clip config JSON; optional with an OpenAI .pt, hf-hub: or a transformers folder")
+    group.add_argument("--pretrained", type=path_arg, default=None, metavar="TAG|FILE|hf-hub:ORG/NAME|FOLDER",
+                       help="open_clip tag (openai), a weights file (~/.cache/clip/ViT-B-16.pt), an open_clip "
+                            "hub model (hf-hub:timm/ViT-B-16-SigLIP, read from the Hugging Face cache), a "
+                            "transformers CLIP/SigLIP folder (config.json + model.safetensors), an embedded "
                             "model (dipclip-tiny) or 'none' for random weights" +
                             (f" (default: the adapter's own{adapter})" if adapter is not None else
                              " (required: no default, so random weights are never used by accident)"))
