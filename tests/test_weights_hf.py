@@ -308,9 +308,8 @@ def test_a_fifo_named_like_weights_is_refused_not_opened(clip_folder, tmp_path):
 def test_the_command_line_runs_zeroshot_train_predict_and_export_on_a_siglip_folder(siglip_folder, image_tree,
                                                                                      tmp_path, capsys):
     """What a user does with a transformers SigLIP folder, end to end through the CLI."""
-    from safetensors.torch import load_file
-
     from cli_run import run
+    from safetensors.torch import load_file
 
     folder, _ = siglip_folder
     common = ["--pretrained", folder, "--device", "cpu"]
