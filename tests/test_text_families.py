@@ -157,3 +157,28 @@ def test_deep_text_prompts_on_a_hugging_face_tower_are_refused_before_any_data(f
         with pytest.raises(DipclipError, match="deep text prompts .* need an open_clip text transformer; this "
                                                "model's text tower is a Hugging Face text encoder"):
             method.build(backbone, CLASSES, method.prompt_config())
+
+
+@pytest.mark.parametrize("family", ["siglip-style", "coca", "causal-first"])
+def test_deep_prompts_on_other_open_clip_towers(family_configs, family, image_tree, tmp_path):
+    """MaPLe's deep text prompts on the general path: no deep prompts is the plain forward; a deep prompt equal
+    to what layer 1 already sees changes nothing; MaPLe trains an epoch."""
+    backbone = _backbone(family_configs, family)
+    text, start = backbone.text, backbone.content_start
+    ids = backbone.tokenize([f"a photo of the {name}." for name in CLASSES])
+    embeddings = text.embed_tokens(ids)
+    with torch.no_grad():
+        plain = text(embeddings, ids)
+        torch.testing.assert_close(text.forward_deep(embeddings, ids, [], start=start), plain)
+        seen = {}
+        hook = text.transformer.resblocks[1].register_forward_pre_hook(
+            lambda module, args: seen.setdefault("x", args[0].clone()))
+        text(embeddings, ids)
+        hook.remove()
+        layer_one = seen["x"][0, start:start + 2]  # what layer 1 sees at two context positions of class 0
+        same = text.forward_deep(embeddings[:1], ids[:1], [layer_one], start=start)
+        torch.testing.assert_close(same, plain[:1], atol=1e-5, rtol=1e-5)
+    metrics = api.train("maple", model=str(family_configs[family]), pretrained="none", data=str(image_tree),
+                        dataset="imagefolder", shots=2, epochs=1, batch_size=4, progress=False, device="cpu",
+                        out=tmp_path / "maple", prompt_depth=2, n_ctx=2)
+    assert len(metrics["history"]) == 1 and metrics["results"]["test"]["n"] == 12
