@@ -220,9 +220,11 @@ def test_csv_folder_without_header_and_classnames_txt(tmp_path):
     assert splits.val == [] and splits.test[0].classname == "grey wolf"
 
 
-def test_csv_rejects_bad_rows(tmp_path):
-    (tmp_path / "d.csv").write_text("path,label\na.jpg,dog\n")
-    with pytest.raises(DipclipError, match="integer label"):
+@pytest.mark.parametrize("row", ["a.jpg,2.5", "a.jpg,", ",dog"])
+def test_csv_rejects_bad_rows(tmp_path, row):
+    # a decimal label, no label, no path (a label such as 'dog' is a class name: tests/test_csv_labels.py)
+    (tmp_path / "d.csv").write_text(f"path,label,split\n{row},train\n")
+    with pytest.raises(DipclipError, match=r"d.csv:2: expected 'path,label\[,classname\]' with an integer label"):
         load_dataset(tmp_path / "d.csv", "csv")
 
 

@@ -16,9 +16,13 @@ Custom data (``--data`` points at the data itself):
 * ``csv``: a CSV file ``path,label[,classname],split`` (with a header row naming the columns; ``split``
   is one of train/val/test, on every row: rows without one are refused, for the same reason), or a folder
   holding ``train.csv``, ``test.csv`` and optionally ``val.csv`` (a header row is optional there). Labels
-  are whole numbers from 0 in the digits 0-9 (``３``, ``٣``, ``3.0`` or ``+3`` are refused, not guessed at);
-  class names come from the ``classname`` column or from a ``classnames.txt`` (one name per line, in label
-  order) next to the CSV. Paths are relative to the CSV's folder (or absolute) and must lie under it.
+  are either all whole numbers from 0 in the digits 0-9, with class names from the ``classname`` column or
+  from a ``classnames.txt`` (one name per line, in label order) next to the CSV; or all class names, matched
+  exactly after stripping spaces, whose class list is that ``classnames.txt`` (every name must be in it) or
+  else the sorted unique names of all the dataset's CSV rows (train, val and test together, so a class has
+  one index in every split). A label of digits alone is a number, so a dataset mixing digit and name labels
+  is refused, and so is a label that only looks like a number (``３``, ``٣``, ``3.0``, ``+3``: not guessed
+  at). Paths are relative to the CSV's folder (or absolute) and must lie under it.
 
 A custom split (``split_dipclip.json`` or a CSV) whose test images are also its training images is
 refused like a tree without a split.
@@ -31,6 +35,7 @@ reads, by :mod:`dipclip.data.validate`).
 from __future__ import annotations
 
 import csv
+import difflib
 import json
 import os
 import re
@@ -50,6 +55,9 @@ _MAX_ENTRY_PROBLEMS = 5  # malformed JSON entries reported individually before a
 # A label written as text is a whole number in ASCII digits: str.isdigit() also takes '٣', '１' and '³' (and int()
 # reads the first two as 3 and 1, and fails on the third), so a label that only looks like a number is refused.
 _LABEL_TEXT = re.compile(r"[0-9]+")
+# Any other label is a class name, unless it looks like a number in some other way (Unicode digits, a sign, a
+# decimal point or an exponent): that is refused rather than read as the number or taken for a class name.
+_NUMBER_LIKE = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
 __all__ = [
     "CUSTOM_SPLIT_FILE",
@@ -507,7 +515,7 @@ def _read_imagefolder(info: DatasetInfo, root: Path, problems: list[Problem]) ->
 
 
 def _read_csv(info: DatasetInfo, root: Path, problems: list[Problem]) -> DatasetSplits | None:
-    rows: dict[str, list[tuple[str, int, str | None]]] = {s: [] for s in SPLITS}
+    rows: dict[str, list[_CsvRow]] = {s: [] for s in SPLITS}
     if root.is_file():
         base = root.parent
         unsplit = 0
@@ -531,55 +539,136 @@ def _read_csv(info: DatasetInfo, root: Path, problems: list[Problem]) -> Dataset
         for s in SPLITS:
             if (root / f"{s}.csv").is_file():
                 rows[s] = [row for _, row in _csv_rows(root / f"{s}.csv", info.key, problems, with_split=False)]
-    names: dict[int, str] = {}
-    for s in SPLITS:
-        for _, label, classname in rows[s]:
-            if classname is not None and names.setdefault(label, classname) != classname:
-                problems.append(Problem(info.key, f"label {label} is named both {names[label]!r} and "
-                                        f"{classname!r}", "give each label one class name"))
-                names[label] = classname
+    # Every CSV of the dataset together decides the label mode and the class list, so that a class has one
+    # index in train, val and test (base/new halves are cut from that one list).
+    every = [row for s in SPLITS for row in rows[s]]
     txt = base / "classnames.txt"
-    max_label = max((label for s in SPLITS for _, label, _ in rows[s]), default=-1)
-    if txt.is_file():
-        listed = _read_lines(txt, info.key, "one class name per line, in label order", problems) or []
-        if max_label >= len(listed):
-            problems.append(Problem(info.key, f"{txt} names {len(listed)} classes but label {max_label} is used",
-                                    "add the missing class names", str(txt)))
-            return None
-        classnames = listed
-        named = [(label, name) for s in SPLITS for _, label, name in rows[s] if name is not None]
-        wrong = [(label, name) for label, name in named if listed[label] != name]
-        if wrong:
-            label, name = wrong[0]
-            problems.append(Problem(info.key, f"a row names label {label} {name!r} but {txt} names it "
-                                    f"{listed[label]!r} ({len(wrong)} such row(s))",
-                                    "make the classname column agree with classnames.txt (or drop one)", str(txt)))
-            return None
+    if _mixed_labels(info.key, every, problems):
+        return None
+    if any(not row.numbered for row in every):
+        resolved = _named_labels(info.key, every, txt, problems)
     else:
-        unnamed = {label for s in SPLITS for _, label, _ in rows[s]} - set(names)
-        if unnamed:
-            problems.append(Problem(info.key, f"label {min(unnamed)} has no class name ({len(unnamed)} such "
-                                    "label(s); no classname column and no classnames.txt next to the CSV)",
-                                    f"add a classname column or {txt}"))
-            return None
-        classnames = _dense_classnames(names, info.key, str(root), "use labels 0..n-1 without gaps", problems)
+        resolved = _numbered_labels(info.key, root, every, txt, problems)
+    if resolved is None:
+        return None
+    classnames, label_of = resolved
     if not rows["train"] and not problems:
         problems.append(Problem(info.key, f"{root} has no training rows", f"expected {info.expected_layout}"))
-    escaped = [p for s in SPLITS for p, _, _ in rows[s] if leaves_root(base, p)]
+    escaped = [row.path for row in every if leaves_root(base, row.path)]
     if escaped:
         problems.append(Problem(info.key, f"{root}: path {escaped[0]!r} lies outside {base} ({len(escaped)} such "
                                 "path(s))", "keep the CSV in a folder that holds its images, with paths relative "
                                 "to it (no '..')", str(root)))
         return None
-    items = {
-        s: [Datum(os.path.normpath(os.path.join(base, p)), label, classnames[label] if label < len(classnames)
-                  else "") for p, label, _ in rows[s]]
-        for s in SPLITS
-    }
+    items: dict[str, list[Datum]] = {s: [] for s in SPLITS}
+    for s in SPLITS:
+        for row in rows[s]:
+            label = label_of(row)
+            items[s].append(Datum(os.path.normpath(os.path.join(base, row.path)), label,
+                                  classnames[label] if label < len(classnames) else ""))
     if _trained_on_test(info.key, str(root), items, "list each image in train or test, not both", problems):
         return None
     return DatasetSplits(info.key, classnames, items["train"], items["val"], items["test"], image_root=base,
                          template=info.template)
+
+
+def _mixed_labels(dataset: str, rows: list[_CsvRow], problems: list[Problem]) -> bool:
+    """Whether some labels are integers and others class names (recorded as one problem, naming the first row
+    of the rarer kind)."""
+    numbered = [row for row in rows if row.numbered]
+    named = [row for row in rows if not row.numbered]
+    if not numbered or not named:
+        return False
+    odd, usual = (numbered, named) if len(numbered) <= len(named) else (named, numbered)
+    kind = {True: "an integer", False: "a class name"}
+    first = odd[0]
+    header = " (a header row must name the columns path,label[,classname][,split])" if first.line == 1 else ""
+    problems.append(Problem(dataset, f"{first.where}: label {first.label!r} is {kind[first.numbered]} but "
+                            f"{usual[0].where} has {kind[usual[0].numbered]} label {usual[0].label!r} "
+                            f"({len(numbered)} integer and {len(named)} class-name label(s)){header}",
+                            "write every label as a class name, or every label as an integer (a class named by "
+                            "digits alone needs integer labels, with a classname column or classnames.txt)",
+                            str(first.source)))
+    return True
+
+
+def _named_labels(dataset: str, rows: list[_CsvRow], txt: Path, problems: list[Problem]):
+    """Class names as labels: the classes are ``classnames.txt`` (when present) or the sorted names used."""
+    clash = next((row for row in rows if row.classname is not None and row.classname != row.label), None)
+    if clash is not None:
+        problems.append(Problem(dataset, f"{clash.where}: the label {clash.label!r} names the class but the "
+                                f"classname column says {clash.classname!r}",
+                                "drop the classname column (a class-name label is the class name), or write integer "
+                                "labels", str(clash.source)))
+        return None
+    if txt.is_file():
+        listed = _read_lines(txt, dataset, "one class name per line", problems)
+        if listed is None:
+            return None
+        twice = next((name for i, name in enumerate(listed) if name in listed[:i]), None)
+        if twice is not None:
+            problems.append(Problem(dataset, f"{txt} lists class {twice!r} twice, so its label is ambiguous",
+                                    "list each class once", str(txt)))
+            return None
+        known = set(listed)
+        unknown = [row for row in rows if row.label not in known]
+        if unknown:
+            first = unknown[0]
+            close = _close_names(first.label, listed)
+            hint = f" (close: {', '.join(map(repr, close))})" if close else " (nothing close)"
+            names = len({row.label for row in unknown})
+            problems.append(Problem(dataset, f"{first.where}: class {first.label!r} is not in {txt}{hint}; "
+                                    f"{len(unknown)} row(s) use {names} unknown name(s)",
+                                    f"correct the name (names are matched exactly), or add it to {txt}",
+                                    str(first.source)))
+            return None
+        classnames = listed
+    else:
+        classnames = sorted({row.label for row in rows})
+    index = {name: i for i, name in enumerate(classnames)}
+    return classnames, lambda row: index[row.label]
+
+
+def _close_names(name: str, names: list[str]) -> list[str]:
+    """Up to three names like ``name``: the same but for case first, then by similarity."""
+    same = [n for n in names if n.casefold() == name.casefold()]
+    return list(dict.fromkeys(same + difflib.get_close_matches(name, names, n=3, cutoff=0.6)))[:3]
+
+
+def _numbered_labels(dataset: str, root: Path, rows: list[_CsvRow], txt: Path, problems: list[Problem]):
+    """Integer labels: class names from the classname column or from ``classnames.txt`` in label order."""
+    names: dict[int, str] = {}
+    for row in rows:
+        label, classname = int(row.label), row.classname
+        if classname is not None and names.setdefault(label, classname) != classname:
+            problems.append(Problem(dataset, f"label {label} is named both {names[label]!r} and "
+                                    f"{classname!r}", "give each label one class name"))
+            names[label] = classname
+    max_label = max((int(row.label) for row in rows), default=-1)
+    if txt.is_file():
+        listed = _read_lines(txt, dataset, "one class name per line, in label order", problems) or []
+        if max_label >= len(listed):
+            problems.append(Problem(dataset, f"{txt} names {len(listed)} classes but label {max_label} is used",
+                                    "add the missing class names", str(txt)))
+            return None
+        classnames = listed
+        wrong = [(int(row.label), row.classname) for row in rows
+                 if row.classname is not None and listed[int(row.label)] != row.classname]
+        if wrong:
+            label, name = wrong[0]
+            problems.append(Problem(dataset, f"a row names label {label} {name!r} but {txt} names it "
+                                    f"{listed[label]!r} ({len(wrong)} such row(s))",
+                                    "make the classname column agree with classnames.txt (or drop one)", str(txt)))
+            return None
+    else:
+        unnamed = {int(row.label) for row in rows} - set(names)
+        if unnamed:
+            problems.append(Problem(dataset, f"label {min(unnamed)} has no class name ({len(unnamed)} such "
+                                    "label(s); no classname column and no classnames.txt next to the CSV)",
+                                    f"add a classname column or {txt}, or write class names as labels"))
+            return None
+        classnames = _dense_classnames(names, dataset, str(root), "use labels 0..n-1 without gaps", problems)
+    return classnames, lambda row: int(row.label)
 
 
 def _trained_on_test(dataset: str, source: str, items: dict[str, list[Datum]], fix: str,
@@ -595,11 +684,42 @@ def _trained_on_test(dataset: str, source: str, items: dict[str, list[Datum]], f
     return bool(shared)
 
 
+@dataclass(frozen=True)
+class _CsvRow:
+    """One row of a CSV as written (cells stripped): its label is still text, a number or a class name."""
+
+    path: str
+    label: str
+    classname: str | None
+    source: Path
+    line: int
+
+    @property
+    def where(self) -> str:
+        return f"{self.source}:{self.line}"
+
+    @property
+    def numbered(self) -> bool:
+        return bool(_LABEL_TEXT.fullmatch(self.label))
+
+
+def _looks_numeric(text: str) -> bool:
+    """A label that looks like a number without being ASCII digits (``３``, ``٣``, ``³``, ``3.0``, ``+3``, ``-1``): refused,
+    neither guessed at as a number nor taken for a class name."""
+    return bool(_NUMBER_LIKE.fullmatch(text)) or text.isnumeric()
+
+
 def _csv_rows(path: Path, dataset: str, problems: list[Problem], with_split: bool):
     fix = f"use the format {CUSTOM['csv'].expected_layout}"
+    table: list[tuple[int, list[str]]] = []  # (line number of the row's first line, cells)
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            table = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+            reader = csv.reader(f)
+            first_line = 1
+            for r in reader:
+                if r and any(c.strip() for c in r):
+                    table.append((first_line, r))
+                first_line = reader.line_num + 1
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         problems.append(Problem(dataset, f"cannot read {path} ({exc})", fix, str(path)))
         return
@@ -608,18 +728,19 @@ def _csv_rows(path: Path, dataset: str, problems: list[Problem], with_split: boo
         return
     columns = {"path": 0, "label": 1, "classname": 2}
     start = 0
-    if table[0][0].strip().lower() == "path":
-        header = [c.strip().lower() for c in table[0]]
+    header = [c.strip().lower() for c in table[0][1]]
+    if "path" in header or "label" in header:
         columns = {name: header.index(name) for name in ("path", "label", "classname", "split") if name in header}
         start = 1
-        if "label" not in columns:
-            problems.append(Problem(dataset, f"{path}: the header has no 'label' column", fix, str(path)))
+        missing = [name for name in ("path", "label") if name not in columns]
+        if missing:
+            problems.append(Problem(dataset, f"{path}: the header has no {missing[0]!r} column", fix, str(path)))
             return
         if "split" in columns and not with_split:
             problems.append(Problem(dataset, f"{path}: a 'split' column is only read from a single CSV file",
                                     "drop the column or merge the per-split files", str(path)))
             return
-    for n, row in enumerate(table[start:], start=start + 1):
+    for n, row in table[start:]:
         cells = [c.strip() for c in row]
 
         def cell(name: str, cells=cells) -> str | None:
@@ -627,15 +748,17 @@ def _csv_rows(path: Path, dataset: str, problems: list[Problem], with_split: boo
             return cells[i] if i is not None and i < len(cells) and cells[i] != "" else None
 
         p, label, split = cell("path"), cell("label"), cell("split")
-        if p is None or label is None or not _LABEL_TEXT.fullmatch(label):
+        if p is None or label is None or (not _LABEL_TEXT.fullmatch(label) and _looks_numeric(label)):
             problems.append(Problem(dataset, f"{path}:{n}: expected 'path,label[,classname]' with an integer label "
-                                    f"written in the digits 0-9, got {','.join(cells)[:80]!r}", fix, str(path)))
+                                    f"written in the digits 0-9, got {','.join(cells)[:80]!r}",
+                                    f"{fix}; a label is an integer in the digits 0-9 or a class name (a label that "
+                                    "looks like a number otherwise is refused, not guessed at)", str(path)))
             continue
         if split is not None and split.lower() not in SPLITS:
             problems.append(Problem(dataset, f"{path}:{n}: split {split!r} is not train, val or test", fix,
                                     str(path)))
             continue
-        yield (split.lower() if split else None), (p, int(label), cell("classname"))
+        yield (split.lower() if split else None), _CsvRow(p, label, cell("classname"), path, n)
 
 
 _READERS = {
