@@ -41,8 +41,10 @@ def test_base_new_bars_from_a_real_sweep(summaries, tmp_path):
     _, result = summaries
     series = plot_base_new_bars(result["base2new"], tmp_path / "bars.png")
     assert_png(tmp_path / "bars.png")
-    assert set(series) == {f"{m}/{k}" for m in ("base", "new", "hm") for k in ("zeroshot", "coop", "dip")}
-    assert set(series["hm/dip"]) == {"imagefolder", "average"}
+    assert set(series) == {f"{m}/{k}{s}" for m in ("base", "new", "hm") for k in ("zeroshot", "coop", "dip")
+                           for s in ("", "/std")}
+    assert set(series["hm/dip"]) == {"imagefolder"}  # one dataset: no 'average' group repeating it
+    assert series["hm/dip/std"] == {"imagefolder": None}  # one seed: no error bar
 
 
 def test_fewshot_curves_and_plot_command(summaries, tmp_path, capsys):

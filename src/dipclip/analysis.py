@@ -113,6 +113,26 @@ def analysis_names(paths: Sequence[str | Path]) -> list[str]:
     return unique
 
 
+def _plain(text: str) -> str:
+    """``text`` as matplotlib draws it literally (a ``$`` in a folder's name starts no formula)."""
+    return text.replace("$", r"\$")
+
+
+def rho_notes(correlations: dict[str, dict]) -> list[str]:
+    """Spearman's rho for the figure, one line per accuracy: ``new: rho(ID(P)) = +0.83, rho(ID(P - P_init)) =
+    -0.10 over 10 epochs``."""
+    labels = {"id_prompt": "ID(P)", "id_update": "ID(P - P_init)"}
+    by_accuracy: dict[str, list[str]] = {}
+    counts: dict[str, int] = {}
+    for pair, value in correlations.items():
+        id_name, accuracy = pair.split("~", 1)
+        rho = "n/a" if value["rho"] is None else f"{value['rho']:+.2f}"
+        by_accuracy.setdefault(accuracy, []).append(f"rho({labels.get(id_name, id_name)}) = {rho}")
+        counts[accuracy] = max(counts.get(accuracy, 0), value["points"])
+    return [f"Spearman, {accuracy} accuracy: {', '.join(parts)} over {counts[accuracy]} epochs"
+            for accuracy, parts in by_accuracy.items()]
+
+
 def analyze_run(path: str | Path, out: str | Path | None = None, name: str | None = None) -> dict:
     """Per-epoch ID and accuracy series of one run, their Spearman rho, and a PNG (when ``out`` is given) named
     ``name`` (default: the run folder's name; see :func:`analysis_names` for several runs)."""
@@ -147,8 +167,9 @@ def analyze_run(path: str | Path, out: str | Path | None = None, name: str | Non
     if out is not None:
         out = Path(out)
         name = name or analysis_names([path])[0]
-        plot_density_and_accuracy(f"{method} on {dataset}: ID and accuracy per epoch", epochs, densities,
-                                  accuracies, out / f"{name}-analysis.png")
+        plot_density_and_accuracy(_plain(f"{name}: {method} on {dataset}, ID_{report['k']} and accuracy per epoch"),
+                                  epochs, densities, accuracies, out / f"{name}-analysis.png",
+                                  notes=[_plain(n) for n in rho_notes(correlations)])
         atomic_write_json(out / f"{name}-analysis.json", report)
         report["png"] = str(out / f"{name}-analysis.png")
     return report

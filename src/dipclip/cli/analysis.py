@@ -63,11 +63,11 @@ def cmd_plot(args) -> int:
         path = path / "summary.json"
     summary = load_summary(path)
     out = Path(args.out) if args.out else path.parent
-    if summary["protocol"] == "fewshot":
-        target = out / "fewshot_curves.png"
-        plot_fewshot_curves(summary, target)
-    else:
-        target = out / f"{summary['protocol']}_bars.png"
-        plot_base_new_bars(summary, target)
+    fewshot = summary["protocol"] == "fewshot"
+    target = out / ("fewshot_curves.png" if fewshot else f"{summary['protocol']}_bars.png")
+    try:
+        (plot_fewshot_curves if fewshot else plot_base_new_bars)(summary, target)
+    except DipclipError as exc:  # a summary with nothing to draw: named
+        raise DipclipError(f"{path}: {exc}") from None
     print(f"wrote {target}")
     return 0
