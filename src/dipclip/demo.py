@@ -42,10 +42,13 @@ def run_demo(
     quick: bool = False,
     device: str = "auto",
     progress: bool = True,
+    verbose: bool = False,
 ) -> dict:
     """Run the sweep, print the table, write ``demo.md``/``demo.json`` and the plots; return the table.
 
     ``crop_scale`` None: :data:`SHIPPED_CROP_SCALE` for a shipped dataset on its shipped images, else the recipes'.
+    ``progress`` False: nothing but the table and errors; ``verbose``: each run's epoch lines too (default: one
+    overall progress line on a terminal, one line per run elsewhere).
     """
     began = time.perf_counter()
     if quick:
@@ -62,7 +65,7 @@ def run_demo(
                             seeds=tuple(seeds), shots=(shots,), out=out, model=model, pretrained=pretrained,
                             device=device, epochs=epochs, train_options=train_options, progress=progress)
     runner = ProtocolRunner(config, backbone=backbone)
-    summary = runner.run()
+    summary = runner.run(output="quiet" if not progress else "verbose" if verbose else "normal")
     plot_base_new_bars(summary, out / "base_new_hm.png")
     plots = [str(out / "base_new_hm.png")]
     rows = []
@@ -92,9 +95,10 @@ def run_demo(
     atomic_write_json(out / "demo.json", result)
     atomic_write_bytes(out / "demo.md", (table + "\n").encode())
     print(table)
-    print(f"\nEverything is in {out}/: demo.md and demo.json (this table), base2new/ (one folder per run with "
-          f"metrics.json and adapter/, summary.md/.csv/.json), base_new_hm.png and analysis/ (ID and accuracy "
-          f"per epoch). {result['seconds']:.0f} s.", file=sys.stderr)
+    if progress:
+        print(f"\nEverything is in {out}/: demo.md and demo.json (this table), base2new/ (one folder per run with "
+              f"metrics.json and adapter/, summary.md/.csv/.json), base_new_hm.png and analysis/ (ID and accuracy "
+              f"per epoch). {result['seconds']:.0f} s.", file=sys.stderr)
     return result
 
 

@@ -149,6 +149,41 @@ def backbone_args(parser: argparse.ArgumentParser, adapter: str | None = None) -
     group.add_argument("--device", default="auto", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:N, mps")
 
 
+THREADS_ENV = "DIPCLIP_THREADS"
+
+
+def threads_arg(parser: argparse.ArgumentParser) -> None:
+    """``--threads N`` (added to every command that computes by :func:`dipclip.cli.add_threads_flags`)."""
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                        help=f"torch CPU threads (default: ${THREADS_ENV} when set, else torch's choice, one per "
+                             "core); on a shared machine give the cores you may use. With a protocol's --jobs N: per "
+                             "worker (default there: cores/N)")
+
+
+def resolve_threads(flag: int | None) -> int | None:
+    """The thread count a command runs with: ``--threads``, else ``$DIPCLIP_THREADS``, else None (torch's)."""
+    if flag is not None:
+        return flag
+    text = os.environ.get(THREADS_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError as exc:
+        raise DipclipError(f"{THREADS_ENV}={text!r}: {exc} (torch CPU threads); set it to a whole number such as "
+                           f"2, or unset it for torch's choice") from None
+
+
+def output_args(parser: argparse.ArgumentParser, result: str) -> None:
+    """``--quiet`` / ``--verbose`` of the sweep commands (protocols, demo); ``result``: what --quiet still prints."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quiet", action="store_true",
+                       help=f"print nothing but {result} and errors (no progress, no per-run lines)")
+    group.add_argument("--verbose", action="store_true",
+                       help="also each run's per-epoch lines (default: on a terminal one overall progress line "
+                            "with the ETA, elsewhere one line per run)")
+
+
 def data_args(parser: argparse.ArgumentParser, required: bool = True, subsample: bool = True) -> None:
     from ..data.registry import DATASET_KEYS
 

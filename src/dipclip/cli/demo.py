@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from .common import FORMATTER, crop_share, out_dir, path_arg, positive_float, positive_int, seed_arg
+from .common import (
+    FORMATTER,
+    crop_share,
+    out_dir,
+    output_args,
+    path_arg,
+    positive_float,
+    positive_int,
+    seed_arg,
+)
 
 
 def add_commands(subparsers) -> None:
@@ -44,8 +53,7 @@ def add_commands(subparsers) -> None:
     demo.add_argument("--quick", action="store_true", help="one seed, 2 epochs, 4 shots: a smoke test")
     demo.add_argument("--device", default="auto")
     demo.add_argument("--out", type=out_dir, default="runs/demo", metavar="DIR", help="default: runs/demo")
-    demo.add_argument("--quiet", action="store_true",
-                      help="no progress bars and no per-epoch lines (metrics.json keeps them)")
+    output_args(demo, "the final table (stdout; metrics.json keeps the epochs)")
     demo.set_defaults(func=cmd_demo)
 
     pretrain = subparsers.add_parser(
@@ -63,7 +71,7 @@ def cmd_demo(args) -> int:
     run_demo(args.out, model=args.model, pretrained=args.pretrained, data=args.data, dataset=args.dataset,
              seeds=args.seeds, shots=args.shots, epochs=args.epochs, lr=args.lr, crop_scale=args.crop_scale,
              quick=args.quick, device=args.device,
-             progress=not args.quiet)
+             progress=not args.quiet, verbose=args.verbose)
     return 0
 
 

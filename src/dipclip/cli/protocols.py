@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import FORMATTER, non_negative_int, out_dir, path_arg, positive_int, seed_arg
+from .common import FORMATTER, non_negative_int, out_dir, output_args, path_arg, positive_int, seed_arg
 from .launch import add_launcher_args, launch
 from .overrides import add_override_args, override_kwargs
 
@@ -65,13 +65,13 @@ def add_commands(subparsers) -> None:
                             help="open_clip tag, weights file, dipclip-tiny, or 'none' for random weights (required)")
         parser.add_argument("--device", default="auto")
         parser.add_argument("--out", type=out_dir, default="runs", metavar="DIR", help="default: runs")
-        parser.add_argument("--quiet", action="store_true", help="no progress bars, no per-epoch lines")
+        output_args(parser, "the final table (stdout)")
         parser.add_argument("--plan", action="store_true",
                             help="print the runs as JSON lines (kind, dataset, shots, method, seed, folder, resolved "
                                  "settings) and exit; nothing is loaded or run")
         parser.add_argument("--jobs", type=positive_int, default=1, metavar="N",
                             help="N worker processes on this machine, each taking the next free run (CPU: each gets "
-                                 "cores/N threads); default 1")
+                                 "--threads threads, default cores/N); default 1")
         parser.add_argument("--devices", type=device_list, default=None, metavar="0,1,...",
                             help="GPUs to pin the --jobs workers to, one each in turn (sets CUDA_VISIBLE_DEVICES)")
         add_override_args(parser, protocol_command=True)
@@ -95,6 +95,11 @@ def device_list(text: str) -> list[str]:
     if not all(devices):
         raise argparse.ArgumentTypeError(f"--devices takes a comma-separated list such as 0,1, got {text!r}")
     return devices
+
+
+def output_mode(args) -> str:
+    """quiet, verbose or normal (the sweep commands' --quiet/--verbose)."""
+    return "quiet" if args.quiet else "verbose" if args.verbose else "normal"
 
 
 def cmd_status(args) -> int:
@@ -130,8 +135,8 @@ def cmd_protocol(args) -> int:
         return launched
     if args.devices and args.jobs == 1:
         args.jobs = len(args.devices)
-    runner.run(jobs=args.jobs, devices=args.devices)
-    print((runner.root / "summary.md").read_text())
+    runner.run(jobs=args.jobs, devices=args.devices, threads=args.threads, output=output_mode(args))
+    print((runner.root / "summary.md").read_text())  # the result: printed with --quiet too
     failed = runner.counts.get("failed", 0)
     if failed:
         print(f"dipclip: error: {failed} run(s) failed, each with its error in its folder's failed.json; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,21 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
+# an indented JSON array holding only numbers (or null): written on one line, so a confusion matrix or a
+# per-epoch list stays a line per row, not a line per number (only matches that span lines: never a string)
+_NUMBER_ARRAY = re.compile(r"\[(?:\s*(?:-?[0-9][0-9.eE+-]*|null)\s*,)*\s*(?:-?[0-9][0-9.eE+-]*|null)\s*\]")
+
+
+def _one_line(match: re.Match) -> str:
+    text = match.group(0)
+    if "\n" not in text:
+        return text
+    return "[" + ", ".join(part.strip() for part in text[1:-1].split(",")) + "]"
+
+
 def atomic_write_json(path: str | Path, payload: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=False) + "\n").encode())
+    text = _NUMBER_ARRAY.sub(_one_line, json.dumps(payload, indent=2, sort_keys=False))
+    atomic_write_bytes(path, (text + "\n").encode())
 
 
 def atomic_torch_save(path: str | Path, payload: Any) -> None:

@@ -24,6 +24,8 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -43,6 +45,28 @@ from .reproducibility import atomic_torch_save, epoch_seed, seed_everything
 
 CHECKPOINT_NAME = "checkpoint.pt"
 OPTIMIZERS = ("sgd", "adamw")
+
+# Where a Trainer's lines go when it is given no ``log``: stderr (through tqdm, which keeps bars intact), or the
+# sink :func:`run_log` sets; a protocol sweep keeps each run's lines (epochs, accuracies) for --verbose.
+_RUN_LOG: ContextVar[Callable[[str], None] | None] = ContextVar("dipclip_run_log", default=None)
+
+
+@contextmanager
+def run_log(sink: Callable[[str], None] | None):
+    """Send the lines of the Trainers built inside to ``sink`` (None: stderr, as outside)."""
+    token = _RUN_LOG.set(sink)
+    try:
+        yield
+    finally:
+        _RUN_LOG.reset(token)
+
+
+def _default_log(line: str) -> None:
+    sink = _RUN_LOG.get()
+    if sink is not None:
+        sink(line)
+    else:
+        tqdm.write(line, file=sys.stderr)
 
 
 @dataclass(frozen=True)
@@ -156,7 +180,7 @@ class Trainer:
         self.store = store
         self.out_dir = Path(out_dir)
         self.progress = progress
-        self.log = log or (lambda line: tqdm.write(line, file=sys.stderr))
+        self.log = log or _default_log
         self.optimizer = make_optimizer(model.param_groups(), optim)
         self.world = rank_and_world()[1]
         if self.world > 1:

@@ -21,6 +21,7 @@ from pathlib import Path
 from .. import api
 from ..backbones.loading import Backbone, file_sha256, load_backbone
 from ..engine.reproducibility import atomic_write_json
+from ..engine.trainer import run_log
 from ..errors import DipclipError
 from ..recipes import PROTOCOL_OF
 from .config import SOURCE, ProtocolConfig
@@ -40,11 +41,14 @@ class RunExecutor:
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self._backbone = backbone
         self._verified: dict[str, str] = {}  # folder -> its metrics, checked to be this command's run
+        # quiet: failures only; normal: the sweep's progress, not each run's lines; verbose: also those
+        self.output = "normal" if config.progress else "quiet"
 
     @property
     def backbone(self) -> Backbone:
         if self._backbone is None:
-            self._backbone = load_backbone(self.config.model, self.config.pretrained, device=self.config.device)
+            self._backbone = load_backbone(self.config.model, self.config.pretrained, device=self.config.device,
+                                           announce=self.output != "quiet")
         return self._backbone
 
     def folder(self, run: Run) -> Path:
@@ -116,8 +120,10 @@ class RunExecutor:
                     **cfg.train_options)
 
     def _train(self, method: str, dataset: str, shots: int, seed: int, subsample: str, folder: Path) -> dict:
-        return api.train(method, out=folder, resume=(folder / "checkpoint.pt").exists(), progress=self.config.progress,
-                         backbone=self.backbone, **self._train_arguments(method, dataset, shots, seed, subsample))
+        verbose = self.output == "verbose"  # a run's own lines (epochs, accuracies) only with --verbose
+        with run_log(None if verbose else _drop):
+            return api.train(method, out=folder, resume=(folder / "checkpoint.pt").exists(), progress=verbose,
+                             backbone=self.backbone, **self._train_arguments(method, dataset, shots, seed, subsample))
 
     def expected_settings(self, kind: str, dataset: str, shots: int, method: str, seed: int) -> dict:
         """What a run's metrics.json must say for it to be this protocol's run (compared with what a folder
@@ -195,6 +201,10 @@ class RunExecutor:
         metrics["source_adapter_sha256"] = file_sha256(adapter / "adapter_model.safetensors")
         atomic_write_json(folder / api.METRICS_NAME, metrics)
         return metrics
+
+
+def _drop(line: str) -> None:
+    """A run's log lines, outside --verbose: its metrics.json keeps the epochs and the results."""
 
 
 def combined_identity(identities: Sequence[str]) -> str:

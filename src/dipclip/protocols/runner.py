@@ -8,12 +8,13 @@ from pathlib import Path
 
 from ..backbones.loading import Backbone
 from ..engine.reproducibility import atomic_write_bytes
+from ..errors import DipclipError
 from .config import ProtocolConfig
 from .plan import Run, expand
 from .run import RunExecutor, read_failure
 from .status import PLAN_NAME
 from .summary import build_summary, write_summary
-from .workers import _running, run_workers, work
+from .workers import OUTPUTS, _running, run_workers, work
 
 
 class ProtocolRunner:
@@ -67,19 +68,35 @@ class ProtocolRunner:
         text = "".join(json.dumps(line, sort_keys=True) + "\n" for line in self.plan_lines(settings=False))
         atomic_write_bytes(self.root / PLAN_NAME, text.encode())
 
-    def run(self, jobs: int = 1, devices: Sequence[str] | None = None) -> dict:
-        """Every run not finished yet (by this process, or ``jobs`` worker processes), then the summary."""
+    def run(self, jobs: int = 1, devices: Sequence[str] | None = None, threads: int | None = None,
+            output: str | None = None) -> dict:
+        """Every run not finished yet (by this process, or ``jobs`` worker processes), then the summary.
+
+        ``threads``: torch CPU threads of this process, or of each worker (default: torch's choice; workers
+        ``cores // jobs``). ``output``: ``quiet`` (failures only), ``normal`` (one progress line on a terminal,
+        a line per run elsewhere) or ``verbose`` (also each run's epoch lines); default normal, or quiet when
+        ``config.progress`` is off."""
+        if output is not None:
+            if output not in OUTPUTS:
+                raise DipclipError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
+            self.executor.output = output
+        output = self.executor.output
+        if threads is not None and jobs <= 1:
+            import torch
+
+            torch.set_num_threads(threads)
         self.executor.backbone  # noqa: B018 - weights that cannot load are refused before anything is written
         self.write_plan()
         if jobs > 1:
-            self.counts = run_workers(self.config, jobs, devices)
+            self.counts = run_workers(self.config, jobs, devices, threads=threads, output=output, log=self.log)
         else:
-            self.counts = work(self.config, log=self.log, backbone=self.executor._backbone)
+            self.counts = work(self.config, log=self.log, backbone=self.executor._backbone, output=output)
         summary = self.summarise()
         counts = self.counts
-        self.log(f"{self.config.protocol}: {counts['done']} run(s) executed, {counts['skipped']} skipped, "
-                 f"{counts['failed']} failed, {counts['elsewhere']} left to other workers; table in "
-                 f"{self.root / 'summary.md'}")
+        if output != "quiet":
+            self.log(f"{self.config.protocol}: {counts['done']} run(s) executed, {counts['skipped']} skipped, "
+                     f"{counts['failed']} failed, {counts['elsewhere']} left to other workers; table in "
+                     f"{self.root / 'summary.md'}")
         return summary
 
     def summarise(self) -> dict:
