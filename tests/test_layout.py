@@ -22,13 +22,13 @@ FLOORS = [
     ("recipes",),  # data files and their reader
     ("backbones",),
     ("prompts",),
-    ("methods", "density"),
+    ("methods", "density", "probes"),
     ("data", "engine"),
-    ("adapters",),
+    ("adapters", "classifier"),
     ("api",),
     ("protocols", "analysis", "plots"),
     ("demo", "pretrain"),
-    ("cli", "__main__"),
+    ("cli", "__main__", "dipclip"),
 ]
 
 

@@ -157,7 +157,7 @@ def test_fewshot_repeated_shots_refused_and_xd_takes_one_shot_count(fx, tmp_path
 
 def test_protocol_on_a_shipped_dataset_needs_no_data_root(tmp_path, capsys):
     command = ["base2new", "--datasets", "demo", "--methods", "zeroshot", "coop", "--seeds", "1", "--epochs", "1",
-               "--pretrained", "dipclip-tiny", "--out", str(tmp_path / "runs"), "--quiet"]
+               "--pretrained", "dipclip-tiny", "--out", str(tmp_path / "runs")]
     code = main(command)
     out = capsys.readouterr().out
     assert code == 0 and "| zeroshot | demo | 16 |" in out
