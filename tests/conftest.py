@@ -82,6 +82,12 @@ def make_image_tree(root: Path, per_class: dict[str, int], size: int = 24, seed:
 
 
 @pytest.fixture(scope="session")
+def image_tree_maker():
+    """:func:`make_image_tree` as a fixture (test modules cannot import it: tests/data has its own conftest)."""
+    return make_image_tree
+
+
+@pytest.fixture(scope="session")
 def image_tree(tmp_path_factory) -> Path:
     return make_image_tree(tmp_path_factory.mktemp("imagefolder"), {"train": 6, "test": 4})
 

@@ -437,9 +437,9 @@ def test_pretrain_help_is_its_own_help(capsys):
 
 def test_the_cli_method_list_is_the_library_one():
     from dipclip.cli.common import METHOD_NAMES
-    from dipclip.methods import method_names
+    from dipclip.probes import all_method_names
 
-    assert list(METHOD_NAMES) == method_names()
+    assert list(METHOD_NAMES) == all_method_names()
 
 
 def test_progress_bars_only_on_a_terminal(tiny_config_path, image_tree, tmp_path, capsys):

@@ -27,7 +27,8 @@ from .backbones.loading import Backbone
 from .engine.reproducibility import atomic_write_bytes, atomic_write_json
 from .errors import DipclipError
 from .files import read_json, read_safetensors
-from .methods import PromptCLIP, PromptConfig, get_method
+from .methods import PromptCLIP, PromptConfig
+from .probes import FeatureHead, get_any_method, is_feature_method
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -56,9 +57,14 @@ class Adapter:
                                "another dipclip version: train it again") from None
 
 
-def save_adapter(out_dir: str | Path, method: str, model: PromptCLIP, extra: dict | None = None) -> Path:
-    """Write the adapter folder atomically (each file via a temporary name) and return its path."""
+def save_adapter(out_dir: str | Path, method: str, model: PromptCLIP | FeatureHead, extra: dict | None = None) -> Path:
+    """Write the adapter folder atomically (each file via a temporary name) and return its path.
+
+    A feature-space head (:mod:`dipclip.probes`) stores its settings under ``head`` and, beside what it learned,
+    what it computed (a cache's few-shot features and labels, class statistics)."""
     out = Path(out_dir)
+    if isinstance(model, FeatureHead):
+        return _save_head(out, method, model, extra)
     tensors = {name: t.cpu().contiguous() for name, t in model.learnable_state().items()}
     bad = _non_finite(tensors)
     if bad:
@@ -84,6 +90,30 @@ def save_adapter(out_dir: str | Path, method: str, model: PromptCLIP, extra: dic
     return out
 
 
+def _save_head(out: Path, method: str, head: FeatureHead, extra: dict | None) -> Path:
+    tensors = {name: t.cpu().contiguous() for name, t in (head.learnable_state() | head.stored_state()).items()}
+    bad = _non_finite(tensors)
+    if bad:
+        raise DipclipError(f"refusing to write adapter {out}: tensor(s) {', '.join(bad)} hold NaN/inf "
+                           "(the training diverged); lower --lr and train again")
+    config = {
+        "format": FORMAT,
+        "format_version": 1,
+        "dipclip_version": __version__,
+        "method": method,
+        "head": {k: v for k, v in head.settings.items() if not isinstance(v, torch.Tensor)},
+        "trainable_params": head.num_trainable(),
+        "backbone": head.backbone.describe(),
+        "classnames": list(head.train_classnames),
+        "train_classnames": list(head.train_classnames),
+        "frozen_sha256": head.frozen_digests(),
+    }
+    config.update(extra or {})
+    atomic_write_bytes(out / WEIGHTS_NAME, save(tensors, metadata={"format": FORMAT, "method": method}))
+    atomic_write_json(out / CONFIG_NAME, config)
+    return out
+
+
 def load_adapter(path: str | Path) -> Adapter:
     folder = Path(path)
     if folder.is_file() and folder.name in (CONFIG_NAME, WEIGHTS_NAME):
@@ -97,13 +127,14 @@ def load_adapter(path: str | Path) -> Adapter:
     config = read_json(config_file, "adapter config", damaged)
     if config.get("format") != FORMAT:
         raise DipclipError(f"{config_file} is not a dipclip adapter config (format {config.get('format')!r})")
-    missing = [key for key in ("method", "prompt", "backbone") if not isinstance(config.get(key), dict | str)]
-    if missing or not isinstance(config["prompt"], dict) or not isinstance(config["backbone"], dict):
-        raise DipclipError(f"adapter config {config_file} lacks or mangles {', '.join(missing) or 'prompt/backbone'}; "
+    section = "head" if isinstance(config.get("method"), str) and is_feature_method(config["method"]) else "prompt"
+    missing = [key for key in ("method", section, "backbone") if not isinstance(config.get(key), dict | str)]
+    if missing or not isinstance(config[section], dict) or not isinstance(config["backbone"], dict):
+        raise DipclipError(f"adapter config {config_file} lacks or mangles {', '.join(missing) or section + '/backbone'}; "
                            f"{damaged}")
     _check_fields(config, config_file)
     try:
-        get_method(config["method"])
+        get_any_method(config["method"])
     except DipclipError as exc:
         raise DipclipError(f"adapter config {config_file}: {exc}; the adapter is damaged or from a newer dipclip") from None
     tensors = read_safetensors(weights_file, "adapter weights", damaged)
@@ -152,7 +183,7 @@ def _check_fields(config: dict, config_file: Path) -> None:
     if not _fits(config["method"], str):
         refuse("method", config["method"], str)
     hints = typing.get_type_hints(PromptConfig)
-    for field in fields(PromptConfig):
+    for field in fields(PromptConfig) if "prompt" in config else ():
         if field.name in config["prompt"] and not _fits(config["prompt"][field.name], hints[field.name]):
             refuse(f"prompt.{field.name}", config["prompt"][field.name], hints[field.name])
     backbone = config["backbone"]
@@ -196,7 +227,9 @@ def model_from_adapter(adapter: Adapter, backbone: Backbone, classnames: list[st
     classnames = classnames or trained_on or adapter.config.get("train_classnames")
     if not classnames:
         raise DipclipError("no class names given; pass --classes or --data/--dataset")
-    method = get_method(adapter.method)
+    method = get_any_method(adapter.method)
+    if is_feature_method(adapter.method):
+        return _head_from_adapter(adapter, method, backbone, list(trained_on or classnames), list(classnames))
     # built on the training classes (a class head's shape depends on them), then pointed at the asked ones
     model = method.build(backbone, list(trained_on or classnames), adapter.prompt_config)
     model.origin = f"adapter {adapter.path}"
@@ -211,7 +244,23 @@ def model_from_adapter(adapter: Adapter, backbone: Backbone, classnames: list[st
     return model
 
 
-def _check_frozen(adapter: Adapter, model: PromptCLIP) -> None:
+def _head_from_adapter(adapter: Adapter, method, backbone: Backbone, trained_on: list[str],
+                       classnames: list[str]) -> FeatureHead:
+    """A feature-space head rebuilt from its settings on the training classes, its stored tensors loaded."""
+    try:
+        head = method.build(backbone, trained_on, method.settings(**adapter.config["head"]))
+        head.origin = f"adapter {adapter.path}"
+        head.load_learnable_state(adapter.tensors)
+        _check_frozen(adapter, head)
+        if classnames != head.classnames:
+            head.set_classnames(classnames)
+    except DipclipError as exc:
+        raise DipclipError(f"adapter {adapter.path}: {exc}") from None
+    head.eval()
+    return head
+
+
+def _check_frozen(adapter: Adapter, model: PromptCLIP | FeatureHead) -> None:
     """Refuse frozen tensors rebuilt from the config that differ from those the adapter was trained with.
     An adapter saved before digests were recorded has none: it loads unchecked, as it always did."""
     recorded = adapter.config.get("frozen_sha256")

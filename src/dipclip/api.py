@@ -29,13 +29,13 @@ from . import __version__
 from .adapters import load_adapter, model_from_adapter, save_adapter
 from .argcheck import checked, class_names
 from .backbones.loading import Backbone, load_backbone
+from .classifier import backbone_for_adapter as _backbone_for_adapter  # one rule for eval, export, predict
+from .classifier import trained_classnames as _trained_classnames
 from .data.types import DatasetSplits
 from .data.validate import check_for_evaluation, check_for_training
 from .density import density_report, singular_values
 from .engine.distributed import is_main_process
 from .engine.evaluate import (
-    SCORES_FIX,
-    checked_logits,
     classifier_text_features,
     evaluate_items,
     evaluate_model,
@@ -255,17 +255,6 @@ def _one_writer(function):
     return locked
 
 
-def _backbone_for_adapter(adapter_config: dict, model: str | None, pretrained: str | None, device: str) -> Backbone:
-    """The backbone an adapter was trained on, from what it recorded (the config's content and the weights
-    file's absolute path, so this works from any folder), unless --model/--pretrained say otherwise."""
-    recorded = adapter_config["backbone"]
-    if pretrained is None:
-        weights_file = recorded.get("weights_file")
-        pretrained = weights_file if weights_file and Path(weights_file).is_file() else recorded["pretrained"]
-    model_config = recorded.get("model_config") if model is None else None
-    return load_backbone(model or recorded.get("model_arg"), pretrained, device=device, model_config=model_config)
-
-
 @dataclass
 class TrainingPlan:
     """Everything a training run is, resolved from the method's recipe and the caller's overrides, before
@@ -374,6 +363,23 @@ def train_config(method: str = "dip", *, recipe: str = "base2new", model: str | 
                  random_init: bool = False, **prompt_and_train) -> dict:
     """The ``config`` that :func:`train` with the same arguments would record, without loading a model or
     data (``dipclip train --dry-run``); ``device`` is as requested, not yet resolved."""
+    from .probes import is_feature_method
+
+    search_split = prompt_and_train.pop("search_split", "val")
+    if is_feature_method(method):
+        if recipe == "base2new" and subsample != "base":
+            recipe = "fewshot"
+        keep = {k: prompt_and_train.get(k) for k in ("workers", "skip_bad_images", "views", "feature_cache",
+                                                     "crop_scale") if prompt_and_train.get(k) is not None}
+        n_train = None
+        if get_feature_method_epochs(method) and dataset is not None:  # epochs follow the training set's size
+            n_train = len(training_splits(resolve_data_root(data, dataset), dataset, shots, seed, subsample)[0].train)
+        plan = _feature_plan(method, recipe=recipe, dataset=dataset, shots=shots, seed=seed, subsample=subsample,
+                             epochs=epochs, batch_size=batch_size, method_options=method_options,
+                             optimizer=optimizer, lr=lr, search_split=search_split, n_train=n_train, **keep)
+        return _feature_config(*plan, data=resolve_data_root(data, dataset), dataset=dataset, shots=shots,
+                               seed=seed, subsample=subsample, search_split=search_split, model=model,
+                               pretrained=pretrained, device=device)
     plan = _plan_from_train_arguments(
         method, recipe=recipe, dataset=dataset,
         shots=shots, seed=seed, prompt=prompt, epochs=epochs,
@@ -431,6 +437,7 @@ def train(
     views: str | int = "fresh",
     feature_cache: bool = True,
     crop_scale: float | None = None,
+    search_split: str = "val",
 ) -> dict:
     """Train a prompt, save its adapter under ``out/adapter`` and evaluate it.
 
@@ -444,7 +451,34 @@ def train(
     ``recipe`` (``base2new``, ``fewshot``, ``xd``) picks the method's published recipe for that protocol
     (:mod:`dipclip.recipes`); every argument that is not ``None`` overrides one of its values, and
     ``metrics.json`` records the recipe and those overrides.
+
+    A feature-space method (``lp``, ``tip-adapter``, ...: :mod:`dipclip.probes`) goes to
+    :func:`train_feature_method`; its default recipe is ``fewshot`` unless ``subsample="base"``, and prompt
+    settings (``n_ctx``, ``init_text``, ...) are refused for it.
     """
+    from .probes import is_feature_method
+
+    if is_feature_method(method):
+        prompt_settings = {"n_ctx": n_ctx, "init_text": init_text, "class_position": class_position,
+                           "class_specific": class_specific, "rank": rank, "dip_init": dip_init,
+                           "dip_dropout": dip_dropout, "prompt": prompt, "vision_dip": vision_dip,
+                           "lambda_do": lambda_do, "lambda_pp": lambda_pp, "id_k": id_k,
+                           "prompt_depth": prompt_depth, "prograd_lambda": prograd_lambda, "gpa_mean": gpa_mean,
+                           "gpa_std": gpa_std}
+        given = sorted(k for k, v in prompt_settings.items() if v is not None) + (["random_init"] if random_init else [])
+        if given:
+            raise DipclipError(f"{method} learns no prompt, so prompt settings do not apply ({', '.join(given)}); "
+                               "drop them, or use a prompt method")
+        if recipe == "base2new" and subsample != "base":
+            recipe = "fewshot"
+        return train_feature_method(
+            method, model=model, pretrained=pretrained, data=data, dataset=dataset, shots=shots, seed=seed,
+            subsample=subsample, epochs=epochs, batch_size=batch_size, recipe=recipe, method_options=method_options,
+            optimizer=optimizer, lr=lr, device=device, workers=workers, skip_bad_images=skip_bad_images, out=out,
+            resume=resume, progress=progress, backbone=backbone, splits=splits, views=views,
+            feature_cache=feature_cache, crop_scale=crop_scale, search_split=search_split)
+    if search_split != "val":
+        raise DipclipError(f"{method} searches no hyperparameters, so --search-split does not apply; drop it")
     keep_other_results(out, "train", resume=resume)
     began = time.perf_counter()
     plan = _plan_from_train_arguments(
@@ -484,10 +518,12 @@ def train(
     eval_options = dict(workers=workers, skip_bad_images=skip_bad_images, store=trainer.store)
 
     def evaluate_all(model) -> dict:
-        results = {name: evaluate_model(model, splits.test, desc=f"eval {name}", **eval_options)}
+        results = {name: evaluate_model(model, splits.test, desc=f"eval {name}", classnames=splits.classnames,
+                                        **eval_options)}
         if new_splits is not None:
             model.set_classnames(new_splits.classnames)
-            results["new"] = evaluate_model(model, new_splits.test, desc="eval new", **eval_options)
+            results["new"] = evaluate_model(model, new_splits.test, desc="eval new",
+                                            classnames=new_splits.classnames, **eval_options)
             model.set_classnames(splits.classnames)
         return results
 
@@ -569,7 +605,7 @@ def zeroshot(
     text_features = zeroshot_text_features(backbone, splits.classnames, chosen)
     result = evaluate_items(backbone, text_features, splits.split(split), workers=workers,
                             skip_bad_images=skip_bad_images, desc=f"zero-shot {name}",
-                            store=feature_store(feature_cache))
+                            store=feature_store(feature_cache), classnames=splits.classnames)
     metrics = {
         "dipclip_version": __version__,
         "method": "zeroshot",
@@ -610,7 +646,7 @@ def evaluate(
     never a training run or another evaluation (see :func:`keep_other_results`)."""
     loaded = load_adapter(adapter)
     config = {"adapter": str(adapter), "data": data, "dataset": dataset, "split": split, "subsample": subsample,
-              "prompt": loaded.config["prompt"]}
+              **({"prompt": loaded.config["prompt"]} if "prompt" in loaded.config else {"head": loaded.config.get("head")})}
     keep_other_results(out, "eval", config)
     splits = splits or load_data(data, dataset, None, 1, subsample)
     name = split if subsample == "all" else subsample
@@ -619,7 +655,7 @@ def evaluate(
     backbone = backbone or _backbone_for_adapter(loaded.config, model, pretrained, device)
     prompt_model = model_from_adapter(loaded, backbone, splits.classnames)
     result = evaluate_model(prompt_model, splits.split(split), workers=workers, skip_bad_images=skip_bad_images,
-                            desc=f"eval {name}", store=feature_store(feature_cache))
+                            desc=f"eval {name}", store=feature_store(feature_cache), classnames=splits.classnames)
     metrics = {
         "dipclip_version": __version__,
         "method": loaded.method,
@@ -633,32 +669,6 @@ def evaluate(
     }
     _write_metrics(out, metrics)
     return metrics
-
-
-def _classifier(adapter: str | Path | None, backbone: Backbone, classnames: list[str], template: str):
-    """(logits function, method name, whether it takes images rather than image features) for an adapter, or
-    for zero-shot with ``template``.
-
-    The class text features are computed once; an image-conditioned prompt (CoCoOp) uses its own logits, and a
-    model with vision prompts (MaPLe, PromptSRC) takes the images and runs its own image tower. Non-finite
-    text features or logits are refused (a NaN softmax would print ``nan%``)."""
-    if adapter is None:
-        text_features = zeroshot_text_features(backbone, classnames, [template])
-        return (lambda features: backbone.logits(features, text_features)), "zeroshot", False
-    loaded = load_adapter(adapter)
-    prompt_model = model_from_adapter(loaded, backbone, classnames)
-    if prompt_model.image_prompted:  # vision prompts: the model runs its own image tower on the images
-        text_features = classifier_text_features(prompt_model)
-        return (lambda images: checked_logits(prompt_model, images, text_features)), loaded.method, True
-    if prompt_model.image_conditioned:
-        return (lambda features: checked_logits(prompt_model, features)), loaded.method, False
-    text_features = classifier_text_features(prompt_model)
-    return (lambda features: backbone.logits(features, text_features)), loaded.method, False
-
-
-def _trained_classnames(adapter_config: dict) -> list[str]:
-    """The classes an adapter was trained on (recorded since train_classnames was added), else []."""
-    return list(adapter_config.get("train_classnames") or adapter_config.get("classnames") or [])
 
 
 @checked
@@ -676,19 +686,27 @@ def predict(
     device: str = "auto",
     out: str | Path | None = None,
     backbone: Backbone | None = None,
+    output: str | Path | None = None,
+    progress: bool = True,
 ) -> dict:
-    """Top-k classes with probabilities for each image file (zero-shot, or with an adapter)."""
-    from .data.images import check_image, load_rgb
-    from .data.transforms import test_transform
+    """Top-k classes with probabilities for each image (zero-shot, or with an adapter), through
+    :class:`~dipclip.classifier.Classifier`, so this equals ``Classifier.classify`` by construction.
 
-    keep_other_results(out, "predict", {"images": [str(path) for path in images]})
+    ``images`` are files, folders (their image files, recursively, sorted) and globs (``photos/*.jpg``,
+    ``**`` for any depth); see :func:`~dipclip.classifier.expand_images`. ``output`` (``.csv`` or ``.json``)
+    replaces only an earlier ``predict`` output; ``progress``: a bar on a terminal."""
+    from .classifier import IMAGE_FIX, Classifier, check_output, expand_images, write_predictions
+    from .data.images import check_image
+
     if not images:
-        raise DipclipError("no images given; pass one or more image files")
-    fix = "give image files Pillow can read: PNG, JPEG, ..."  # predict has no split file nor --skip-bad-images
+        raise DipclipError("no images given; pass one or more image files, folders or globs")
+    images = expand_images(images)
+    keep_other_results(out, "predict", {"images": list(images)})
+    check_output(output)
     for path in images:  # before any model is loaded; a FIFO or device would block the decoder forever
         if os.path.lexists(path):
             check_regular_file(path, "image", "give image files")
-        check_image(str(path), fix)
+        check_image(path, IMAGE_FIX)  # predict has no split file nor --skip-bad-images
     if top_k < 1:
         raise DipclipError(f"--top-k must be >= 1, got {top_k}")
     if classnames is None and dataset is not None:
@@ -699,28 +717,20 @@ def predict(
         raise DipclipError("no class names given; pass --classes a,b,c or --data ROOT --dataset KEY")
     classnames = class_names("the class list", list(classnames))  # a dataset's or adapter's too
     if adapter is not None:
-        backbone = backbone or _backbone_for_adapter(config, model, pretrained, device)
+        classifier = Classifier.from_adapter(adapter, classnames=classnames, model=model, pretrained=pretrained,
+                                             device=device, backbone=backbone)
     else:
-        backbone = backbone or load_backbone(model, pretrained, device=device)
-    logits_of, method_name, takes_images = _classifier(adapter, backbone, classnames, template)
-    transform = test_transform(backbone.image_size, backbone.mean, backbone.std)
-    batch = torch.stack([transform(load_rgb(str(path), fix)) for path in images]).to(backbone.device)
-    inputs = batch if takes_images else backbone.encode_images(batch)
-    with torch.no_grad():
-        logits = require_finite(logits_of(inputs), f"the class scores of {method_name}", SCORES_FIX)
-        probabilities = logits.softmax(dim=-1).cpu()
-    k = min(top_k, len(classnames))
-    predictions = []
-    for path, row in zip(images, probabilities, strict=True):
-        values, indices = row.topk(k)
-        predictions.append({
-            "image": str(path),
-            "top": [{"class": classnames[i], "probability": round(float(v), 6)}
-                    for v, i in zip(values.tolist(), indices.tolist(), strict=True)],
-        })
-    payload = {"method": method_name, "classnames": classnames, "predictions": predictions}
+        classifier = Classifier.from_classnames(classnames, model=model, pretrained=pretrained, template=template,
+                                                device=device, backbone=backbone)
+    ranked = classifier.classify(images, top_k, progress=progress)
+    predictions = [{"image": str(path), "top": [{"class": name, "probability": round(value, 6)}
+                                                for name, value in top]}
+                   for path, top in zip(images, ranked, strict=True)]
+    payload = {"method": classifier.method, "classnames": classnames, "predictions": predictions}
     if out is not None:
         atomic_write_json(Path(out) / "predictions.json", payload)
+    if output is not None:
+        write_predictions(payload, output)
     return payload
 
 
@@ -785,12 +795,18 @@ def export(
     out: str | Path = "export",
     backbone: Backbone | None = None,
 ) -> dict:
-    """Write the merged prompt and the normalised class text-feature matrix (``classifier.safetensors``).
+    """Write what reproduces ``predict`` without dipclip: ``classifier.safetensors`` (the merged prompt, the
+    normalised class text-feature matrix, the logit scale as used, and the logit bias of SigLIP-style models)
+    and ``classifier.json`` (class order, the test-time ``preprocess``, the ``logits`` formula, the backbone).
 
-    The matrix is all a deployment needs: ``logits = logit_scale * normalize(image_features) @ text_features.T``
-    (``+ logit_bias`` on SigLIP-style models, which export it).
+    ``logits = logit_scale * normalize(image_features) @ text_features.T`` (``+ logit_bias``); DePT on its
+    training classes (or a subset) also exports its linear head and the fused formula. Methods whose classifier
+    depends on the image (CoCoOp) or that prompt the image tower (MaPLe, PromptSRC) are refused.
     """
     from safetensors.torch import save
+    from torchvision import transforms as T
+
+    from .data.transforms import test_transform
 
     keep_other_results(out, "export", {"adapter": str(adapter)})
     loaded = load_adapter(adapter)
@@ -802,31 +818,296 @@ def export(
     class_names("the class list", classnames)  # a dataset's or adapter's too
     backbone = backbone or _backbone_for_adapter(loaded.config, model, pretrained, device)
     prompt_model = model_from_adapter(loaded, backbone, classnames)
-    if prompt_model.image_conditioned:
-        raise DipclipError(f"{loaded.method} prompts change with every image, so there is no fixed classifier to "
-                           "export; use `dipclip predict` or the Python API")
-    if prompt_model.image_prompted:
-        raise DipclipError(f"{loaded.method} also prompts the image tower, so a classifier matrix alone cannot "
-                           "reproduce it; use `dipclip predict` or the Python API")
-    tensors = {  # the prompt in the asked class order (a class-specific one's rows are matched by name)
-        "prompt": prompt_model.context_matrix(merged=True).cpu().contiguous(),
-        "text_features": classifier_text_features(prompt_model).cpu().contiguous(),
-        "logit_scale": backbone.logit_scale.detach().cpu().reshape(1).float(),
-    }
-    if backbone.logit_bias is not None:  # SigLIP-style models: logits = scale * cos + bias
-        tensors["logit_bias"] = backbone.logit_bias.detach().cpu().reshape(1).float()
+    head = getattr(prompt_model, "has_class_head", False) and getattr(prompt_model, "head_active", False)
+    elsewhere = "use `dipclip predict`, or `dipclip.Classifier.from_adapter(path)` in Python"
+    if prompt_model.image_conditioned and not head:
+        raise DipclipError(f"{loaded.method} prompts change with every image (its meta-net conditions them on the "
+                           f"image features), so there is no fixed classifier to export; {elsewhere}")
+    if prompt_model.image_prompted and not head:
+        raise DipclipError(f"{loaded.method} also prompts the image tower, so its image features are not the "
+                           f"backbone's and a text-feature matrix cannot reproduce it; {elsewhere}")
+    similarity = "logit_scale * normalize(image_features) @ text_features.T" + (
+        " + logit_bias" if backbone.logit_bias is not None else "")
+    linear = _feature_linear(loaded.method, prompt_model, elsewhere)
+    if linear is not None:  # a feature-space method whose head is one linear map of the features
+        tensors = {"weight": linear[0], "bias": linear[1]}
+        logits = {"formula": "normalize(image_features) @ weight.T + bias",
+                  "image_features": "the backbone's encode_image(pixels) in float32, before normalisation; "
+                                    "normalize = divide by its L2 norm"}
+    else:
+        tensors, logits = _prompt_classifier(prompt_model, backbone, similarity, head)
     for name, tensor in tensors.items():  # nothing non-finite is ever written
         require_finite(tensor, f"{prompt_model.origin}: its exported {name}", OVERFLOW_FIX)
+    logits |= {"logit_scale": float(tensors["logit_scale"]) if "logit_scale" in tensors else None,
+               "logit_bias": float(tensors["logit_bias"]) if "logit_bias" in tensors else None,
+               "probabilities": "softmax(logits, dim=-1), columns in classnames order"}
+    steps = {type(step): step for step in test_transform(backbone.image_size, backbone.mean, backbone.std).transforms}
+    resize, crop, normalize = steps[T.Resize], steps[T.CenterCrop], steps[T.Normalize]
+    preprocess = {  # read off the transform predict and eval apply, so it cannot drift from it
+        "image_size": backbone.image_size,
+        "convert": "RGB: 8-bit RGB as is; RGBA/LA/P composited on a white background; greyscale repeated to 3 "
+                   "channels (Pillow's convert('RGB')); 16/32-bit greyscale first scaled to 8 bits",
+        "resize": {"shorter_side": resize.size if isinstance(resize.size, int) else list(resize.size),
+                   "interpolation": resize.interpolation.value, "max_size": resize.max_size,
+                   "how": "Pillow Image.resize on the RGB image: shorter side to shorter_side, longer side "
+                          "int(shorter_side * long / short), resample=Image.BICUBIC when interpolation is bicubic"},
+        "center_crop": {"size": list(crop.size),
+                        "how": "top = int(round((height - size[0]) / 2)), left = int(round((width - size[1]) / 2))"},
+        "to_tensor": "float32 [3, H, W] = uint8 pixels / 255",
+        "mean": [float(v) for v in normalize.mean],
+        "std": [float(v) for v in normalize.std],
+        "normalize": "(pixels - mean[c]) / std[c] per channel c",
+    }
     out = Path(out)
     atomic_write_bytes(out / "classifier.safetensors", save(tensors, metadata={"method": loaded.method}))
     info = {
         "adapter": str(adapter),
         "method": loaded.method,
         "classnames": classnames,
-        "prompt_shape": list(tensors["prompt"].shape),
-        "text_features_shape": list(tensors["text_features"].shape),
+        **{f"{name}_shape": list(tensors[name].shape) for name in ("prompt", "text_features", "weight")
+           if name in tensors},
+        "preprocess": preprocess,
+        "logits": logits,
         "backbone": backbone.describe(),
         "files": ["classifier.safetensors", "classifier.json"],
     }
     atomic_write_json(out / "classifier.json", info)
     return info
+
+
+@torch.no_grad()
+def _prompt_classifier(prompt_model, backbone: Backbone, similarity: str, head: bool) -> tuple[dict, dict]:
+    """(tensors, logits description) of a prompt model's exported classifier (DePT: with its linear head)."""
+    tensors = {  # the prompt in the asked class order (a class-specific one's rows are matched by name)
+        "prompt": prompt_model.context_matrix(merged=True).cpu().contiguous(),
+        "text_features": classifier_text_features(prompt_model).cpu().contiguous(),
+        # the scale exactly as backbone.logits multiplies by it: exp of the stored log-scale, as float32
+        "logit_scale": backbone.logit_scale.detach().float().cpu().reshape(1),
+    }
+    if backbone.logit_bias is not None:  # SigLIP-style models: logits = scale * cos + bias
+        tensors["logit_bias"] = backbone.logit_bias.detach().float().cpu().reshape(1)
+    logits = {"formula": similarity,
+              "image_features": "the backbone's encode_image(pixels) in float32, before normalisation; "
+                                "normalize = divide by its L2 norm"}
+    if head:  # DePT: fused with its linear head on the raw (unnormalised) image features
+        from .methods.dept import HEAD_WEIGHT
+
+        rows = prompt_model.rows
+        tensors |= {
+            "head.weight": prompt_model.head.weight[rows].detach().float().cpu().contiguous(),
+            "head.bias": prompt_model.head.bias[rows].detach().float().cpu().contiguous(),
+            "image_transform.scale": prompt_model.image_transform.scale.detach().float().cpu().contiguous(),
+            "image_transform.shift": prompt_model.image_transform.shift.detach().float().cpu().contiguous(),
+        }
+        weights = round(1 - HEAD_WEIGHT, 12), HEAD_WEIGHT  # the same float32 numbers DePT multiplies by
+        logits |= {
+            "formula": f"{weights[0]:g} * ({similarity}) + {weights[1]:g} * ((image_features * "
+                       "image_transform.scale + image_transform.shift) @ head.weight.T + head.bias)",
+            "similarity_weight": weights[0],
+            "head_weight": weights[1],
+        }
+    return tensors, logits
+
+
+def _feature_linear(method: str, model, elsewhere: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(weight [C, D], bias [C]) of a feature-space head that is one linear map of the normalised features; a
+    head that is not (a cache, an MLP on raw features, LoRA'd towers) is refused; None for prompt models."""
+    from .probes import FeatureHead
+
+    if not isinstance(model, FeatureHead):
+        return None
+    linear = model.linear_classifier()
+    if linear is None:
+        raise DipclipError(f"{method}'s classifier is not one linear map of the image features, so a weight matrix "
+                           f"cannot reproduce it; {elsewhere}")
+    weight, bias = linear
+    weight = weight.detach().float().cpu().contiguous()
+    bias = (torch.zeros(weight.shape[0]) if bias is None else bias.detach().float().cpu()).contiguous()
+    return weight, bias
+
+
+# ---------------------------------------------------------------------------------------------- feature methods
+
+
+def train_feature_method(
+    method: str,
+    *,
+    model: str | None = None,
+    pretrained: str | None = None,
+    data: str | None = None,
+    dataset: str | None = None,
+    shots: int | None = 16,
+    seed: int = 1,
+    subsample: str = "all",
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    recipe: str = "fewshot",
+    method_options: dict | None = None,
+    optimizer: str | None = None,
+    lr: float | None = None,
+    search_split: str = "val",
+    device: str = "auto",
+    workers: int = 0,
+    skip_bad_images: bool = False,
+    out: str | Path = "runs/train",
+    resume: bool = False,
+    progress: bool = True,
+    backbone: Backbone | None = None,
+    splits: DatasetSplits | None = None,
+    views: str | int = "fresh",
+    feature_cache: bool = True,
+    crop_scale: float | None = None,
+) -> dict:
+    """Fit a feature-space method (:mod:`dipclip.probes`: linear probes, adapters, caches) on stored image
+    features, save its adapter under ``out/adapter`` and evaluate it; the same ``metrics.json`` layout as
+    :func:`train` plus ``chosen`` (the hyperparameters its search picked) and ``search_split`` (``val``, the
+    few-shot validation split, unless the authors' test-set search was asked for with ``search_split="test"``).
+
+    ``recipe`` is the protocol whose published recipe applies (``fewshot`` by default; a protocol the method
+    cannot do is refused); ``method_options`` override the recipe's ``head`` settings."""
+    from .engine.heads import feature_data, fit_head
+
+    keep_other_results(out, "train", resume=resume)
+    began = time.perf_counter()
+    plan_arguments = dict(recipe=recipe, dataset=dataset, shots=shots, seed=seed, subsample=subsample, epochs=epochs,
+                          batch_size=batch_size, method_options=method_options, optimizer=optimizer, lr=lr,
+                          search_split=search_split, workers=workers, skip_bad_images=skip_bad_images, views=views,
+                          feature_cache=feature_cache, crop_scale=crop_scale)
+    _feature_plan(method, **plan_arguments)  # every setting checked before any data is read
+    data = resolve_data_root(data, dataset)
+    if splits is None:
+        splits, new_splits = training_splits(data, dataset, shots, seed, subsample)
+    else:
+        new_splits = load_data(data, dataset, None, seed, "new") if (
+            subsample == "base" and data is not None and dataset is not None) else None
+    head_method, chosen_recipe, overrides, settings, optim_cfg, train_cfg = _feature_plan(
+        method, n_train=len(splits.train), **plan_arguments)
+    if search_split == "val" and not splits.val and head_method.searches:
+        raise DipclipError(f"{head_method.name} chooses its hyperparameters on the validation split, and "
+                           f"{splits.name} has none; give a dataset with a val split (or --search-split test, the "
+                           "authors' way, recorded as such)")
+    name = "base" if subsample == "base" else ("new" if subsample == "new" else "test")
+    tests = [(name, splits, subsample != "all")] + ([("new", new_splits, True)] if new_splits is not None else [])
+    data_warnings = _report(check_for_training(splits, tests, shots, skip_bad_images))
+    identity = training_identity(splits, new_splits, subsample)
+    backbone = backbone or load_backbone(model, pretrained, device=device)
+    if settings.get("templates") is None and "templates" in head_method.defaults:
+        settings["templates"] = [splits.template]
+    head = head_method.build(backbone, splits.classnames, settings)
+    out = Path(out)
+    trainer = Trainer(head_method, head, optim_cfg, train_cfg, out, progress=progress)
+    trainer.log(f"{head_method.name}: {head.num_trainable():,} trainable parameters; {len(splits.classnames)} "
+                f"classes, {len(splits.train)} training images; backbone {backbone.name} ({backbone.pretrained}) "
+                f"on {backbone.device}")
+    features = feature_data(backbone, splits, trainer.store, seed, search_split, train_cfg.crop_scale, workers,
+                            skip_bad_images, progress)
+    history, chosen = fit_head(head_method, head, features, lambda: trainer.fit(splits.train, resume=resume))
+    config = _feature_config(head_method, chosen_recipe, overrides, settings, optim_cfg, train_cfg, data=data,
+                             dataset=dataset if dataset is not None else splits.name, shots=shots, seed=seed,
+                             subsample=subsample, search_split=search_split, model=model, pretrained=pretrained,
+                             device=str(backbone.device))
+    if is_main_process():
+        save_adapter(out / "adapter", head_method.name, head, extra={"train_config": config, "chosen": chosen})
+    eval_began = time.perf_counter()
+    eval_options = dict(workers=workers, skip_bad_images=skip_bad_images, store=trainer.store)
+    results = {name: evaluate_model(head, splits.test, desc=f"eval {name}", **eval_options)}
+    if new_splits is not None:
+        head.set_classnames(new_splits.classnames)
+        results["new"] = evaluate_model(head, new_splits.test, desc="eval new", **eval_options)
+        head.set_classnames(splits.classnames)
+    for key, value in results.items():
+        trainer.log(f"{key}: accuracy {value['accuracy']:.2f}% on {value['n']} images")
+    metrics = {
+        "dipclip_version": __version__,
+        "method": head_method.name,
+        "trainable_params": head.num_trainable(),
+        "results": results,
+        "history": history,
+        "density": None,
+        "chosen": chosen,
+        "search_split": search_split,
+        "num_classes": len(splits.classnames),
+        "num_train_images": len(splits.train),
+        "data_warnings": data_warnings,
+        "data_identity": identity,
+        "backbone": backbone.describe(),
+        "config": config,
+        "timing": {
+            "train_epoch_seconds": trainer.epoch_seconds,
+            "eval_seconds": round(time.perf_counter() - eval_began, 3),
+            "total_seconds": round(time.perf_counter() - began, 3),
+        },
+    }
+    _write_metrics(out, metrics)
+    return metrics
+
+
+def _feature_plan(method: str, *, recipe: str, dataset: str | None, shots: int | None, seed: int, subsample: str,
+                  epochs: int | None, batch_size: int | None, method_options: dict | None, optimizer: str | None,
+                  lr: float | None, search_split: str, workers: int = 0, skip_bad_images: bool = False,
+                  views: str | int = "fresh", feature_cache: bool = True, crop_scale: float | None = None,
+                  n_train: int | None = None) -> tuple:
+    """(method, recipe, overrides, settings, optim, train) of a feature-space run, resolved without loading a
+    model (``n_train``: the training set's size, for methods whose authors count steps, not epochs)."""
+    from .engine.heads import SEARCH_SPLITS
+    from .probes import get_feature_method
+    from .recipes.probes import resolve_probe_recipe
+
+    head_method = get_feature_method(method)
+    if search_split not in SEARCH_SPLITS:
+        raise DipclipError(f"unknown search split {search_split!r}; use val (the few-shot validation split) or "
+                           "test (the authors' way, recorded as such)")
+    if search_split == "test" and not head_method.searches:
+        raise DipclipError(f"{head_method.name} chooses no hyperparameters on a split, so --search-split test does not "
+                           "apply; drop it")
+    if subsample == "base":
+        head_method.require_protocol("base2new")
+    chosen_recipe = resolve_probe_recipe(head_method.name, recipe, dataset, shots)
+    values = chosen_recipe.values
+    overrides = {f"head.{k}": v for k, v in (method_options or {}).items() if v is not None}
+    for dotted, value in (("train.epochs", epochs), ("train.batch_size", batch_size),
+                          ("optim.optimizer", optimizer), ("optim.lr", lr)):
+        if value is not None:
+            overrides[dotted] = value
+    settings = head_method.settings(**{**values.get("head", {}), **(method_options or {})})
+    if "templates" in head_method.defaults and settings.get("templates") is None and dataset is not None:
+        from .data.registry import dataset_info
+
+        settings["templates"] = [dataset_info(dataset).template]  # the dataset's own, as the zero-shot runs use
+    optim_cfg = head_method.optim_config(**{**values.get("optim", {}),
+                                            **{k.split(".")[1]: v for k, v in overrides.items()
+                                               if k.startswith("optim.")}})
+    train_values = {**values.get("train", {}), **{k.split(".")[1]: v for k, v in overrides.items()
+                                                   if k.startswith("train.")}}
+    if crop_scale is not None:
+        train_values["crop_scale"] = crop_scale
+    if "init_seed" in head_method.defaults and "init_seed" not in (method_options or {}):
+        settings["init_seed"] = seed  # each seed its own initial draw, as the prompt methods' contexts
+    if epochs is None and n_train is not None:
+        computed = head_method.epochs_for(settings, shots, n_train, int(train_values.get("batch_size", 32)))
+        if computed is not None:
+            train_values["epochs"] = computed
+    train_cfg = TrainConfig(**train_values, seed=seed, workers=workers, skip_bad_images=skip_bad_images,
+                            views=views, feature_cache=feature_cache).validate()
+    return head_method, chosen_recipe, overrides, settings, optim_cfg, train_cfg
+
+
+def _feature_config(head_method, chosen_recipe: Recipe, overrides: dict, settings: dict, optim_cfg, train_cfg,
+                    **run) -> dict:
+    """The ``config`` of a feature-space run's metrics.json and adapter (tensors given in settings left out)."""
+    return {
+        "method": head_method.name,
+        "recipe": {**chosen_recipe.describe(), "overrides": overrides},
+        **{k: run[k] for k in ("data", "dataset", "shots", "seed", "subsample")},
+        "head": {k: v for k, v in settings.items() if not isinstance(v, torch.Tensor)},
+        "search_split": run["search_split"], "optim": asdict(optim_cfg), "train": asdict(train_cfg),
+        **{k: run[k] for k in ("model", "pretrained", "device")},
+    }
+
+
+def get_feature_method_epochs(method: str) -> bool:
+    """Whether a feature method computes its epochs from the training set's size (its authors count steps)."""
+    from .probes import get_feature_method
+    from .probes.base import FeatureMethod
+
+    return type(get_feature_method(method)).epochs_for is not FeatureMethod.epochs_for

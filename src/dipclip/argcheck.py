@@ -115,12 +115,24 @@ def path_list(name: str, value: object) -> list[str]:
 
 
 def number_table(name: str, value: object) -> dict:
-    """``{option: number}`` (``method_options``); the option names are checked by the recipe."""
+    """``{option: value}`` (``method_options``): numbers for prompt methods; feature methods also take switches,
+    names and lists of numbers. The option names and their types are checked by the method's settings."""
     if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
         raise DipclipError(f"{name} must be a dict of option name -> number, got {value!r:.80}")
     for key, number in value.items():
-        if number is not None:
-            real_number(f"{name}[{key!r}]", number, finite=False)  # the method config says what is finite
+        if isinstance(number, str):  # feature methods' names (covariance="ks"); a number as text is a mistake
+            try:
+                float(number)
+            except ValueError:
+                continue
+        if number is None or isinstance(number, bool):  # feature methods' switches
+            continue
+        if isinstance(number, list | tuple):  # a feature method's grid (Tip-Adapter's search steps)
+            for i, item in enumerate(number):
+                if not isinstance(item, str):
+                    real_number(f"{name}[{key!r}][{i}]", item, finite=False)
+            continue
+        real_number(f"{name}[{key!r}]", number, finite=False)  # the method config says what is finite
     return value
 
 

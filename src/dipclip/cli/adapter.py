@@ -24,9 +24,14 @@ def add_commands(sub) -> None:
 
     export = sub.add_parser(
         "export", formatter_class=FORMATTER, help="write the merged prompt and the class text-feature matrix",
-        description="Write OUT/classifier.safetensors (prompt, text_features [C, D] normalised, logit_scale)\n"
-                    "and OUT/classifier.json (class order, shapes, backbone). Deploy with:\n"
-                    "  logits = logit_scale * normalize(image_features) @ text_features.T",
+        description="Write OUT/classifier.safetensors (prompt, text_features [C, D] normalised, logit_scale\n"
+                    "as used, logit_bias on SigLIP-style models) and OUT/classifier.json (class order, the\n"
+                    "test-time preprocess: resize, crop, mean, std; the logits formula; the backbone), which\n"
+                    "reproduce `dipclip predict` with plain torch + PIL:\n"
+                    "  logits = logit_scale * normalize(image_features) @ text_features.T (+ logit_bias)\n"
+                    "DePT on its training classes also exports its head and the fused formula. CoCoOp\n"
+                    "(image-conditioned) and MaPLe/PromptSRC (image-prompted) have no fixed classifier:\n"
+                    "use `dipclip predict` or dipclip.Classifier.",
         epilog="examples:\n"
                "  dipclip export runs/pets-dip/adapter --data ~/data --dataset oxford_pets --out export/pets\n"
                "  dipclip export runs/pets-dip/adapter --classes 'abyssinian,bengal,birman' --out export/cats\n",
@@ -59,6 +64,11 @@ def cmd_export(args) -> int:
 
     info = api.export(args.adapter, classnames=args.classes, data=args.data, dataset=args.dataset,
                       model=args.model, pretrained=args.pretrained, device=args.device, out=args.out)
+    if "weight_shape" in info:  # a feature-space method's linear head
+        print(f"wrote {args.out}/classifier.safetensors: weight {tuple(info['weight_shape'])} and bias for "
+              f"{len(info['classnames'])} classes; preprocessing and formula in classifier.json")
+        return 0
     print(f"wrote {args.out}/classifier.safetensors: prompt {tuple(info['prompt_shape'])}, "
-          f"text features {tuple(info['text_features_shape'])} for {len(info['classnames'])} classes")
+          f"text features {tuple(info['text_features_shape'])} for {len(info['classnames'])} classes, "
+          f"logit scale {info['logits']['logit_scale']:.6g}; preprocessing and formula in classifier.json")
     return 0

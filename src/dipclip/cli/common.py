@@ -13,9 +13,12 @@ from ..errors import DipclipError
 FORMATTER = argparse.RawDescriptionHelpFormatter
 
 # The --method values, spelled out so that `--help` needs no torch (importing dipclip.methods loads it);
-# tests/test_bad_input_cli.py checks this equals dipclip.methods.method_names().
+# tests/test_bad_input_cli.py checks this equals dipclip.probes.all_method_names(): prompt methods, their +dip
+# forms, then the feature-space methods (dipclip.probes).
 _BASE_METHODS = ("cocoop", "coop", "dept", "dip", "kgcoop", "maple", "prograd", "promptsrc")
-METHOD_NAMES = (*_BASE_METHODS, *(f"{name}+dip" for name in _BASE_METHODS if name != "dip"))
+FEATURE_METHOD_NAMES = ("clap", "clip-adapter", "clip-lora", "gda", "lp", "lpp", "taskres", "tip-adapter",
+                        "tip-adapter-f", "zslp")
+METHOD_NAMES = (*_BASE_METHODS, *(f"{name}+dip" for name in _BASE_METHODS if name != "dip"), *FEATURE_METHOD_NAMES)
 
 
 positive_int = int_at_least(1)

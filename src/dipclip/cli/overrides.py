@@ -17,11 +17,25 @@ from .common import (
 RECIPE_CHOICES = ("base2new", "fewshot", "xd")
 
 
-def method_option(text: str) -> tuple[str, float]:
+def method_option(text: str) -> tuple[str, object]:
+    """``KEY=VALUE``: a number >= 0 (prompt methods' loss weights), or for a feature method's settings a JSON value
+    (``search_step=[200,20]``, ``search=false``, ``covariance="ks"``; a bare word is a string)."""
+    import json
+
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. kg_weight=8), got {text!r}")
-    return key.strip(), non_negative_float(value)
+    try:
+        return key.strip(), non_negative_float(value)
+    except argparse.ArgumentTypeError:
+        pass
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return key.strip(), value.strip()
+    if isinstance(parsed, int | float) and not isinstance(parsed, bool):
+        return key.strip(), non_negative_float(value)  # a negative number: the same refusal as before
+    return key.strip(), parsed
 
 
 def add_override_args(parser: argparse.ArgumentParser, *, protocol_command: bool = False) -> None:
@@ -32,7 +46,8 @@ def add_override_args(parser: argparse.ArgumentParser, *, protocol_command: bool
                          help="which published recipe of the method to start from (default base2new)")
     run.add_argument("--epochs", type=positive_int, default=None, help="epochs (default: the recipe's)")
     run.add_argument("--batch-size", type=positive_int, default=None, help="batch size (default: the recipe's)")
-    run.add_argument("--optimizer", choices=("sgd", "adamw"), default=None, help="default: the recipe's (sgd)")
+    run.add_argument("--optimizer", choices=("sgd", "adamw", "adam"), default=None,
+                     help="default: the recipe's (sgd for the prompt methods; adam is Dassl's, L2 in the gradient)")
     run.add_argument("--lr", type=positive_float, default=None, help="peak learning rate (default: the recipe's)")
     run.add_argument("--views", type=views_arg, default="fresh", metavar="fresh|N",
                      help="training augmentations: 'fresh' (default; a new random view of every image every "
@@ -45,6 +60,10 @@ def add_override_args(parser: argparse.ArgumentParser, *, protocol_command: bool
                           "(for `dipclip analyze`; default 0: only at the end)")
     run.add_argument("--no-feature-cache", dest="feature_cache", action="store_false",
                      help="keep no image features on disk (same numbers, but every run re-encodes its images)")
+    run.add_argument("--search-split", choices=("val", "test"), default="val",
+                     help="feature methods that choose hyperparameters (lp, lpp, tip-adapter, tip-adapter-f, gda): "
+                          "on the few-shot validation split (default), or 'test', the authors' way for some of them "
+                          "(the test set then picks them: recorded as such in metrics.json and marked in tables)")
     prompt = parser.add_argument_group("prompt")
     prompt.add_argument("--n-ctx", type=positive_int, default=None, help="context tokens (default: the recipe's)")
     prompt.add_argument("--init-text", default=None, help="context init text (default: the recipe's)")
@@ -90,4 +109,5 @@ def override_kwargs(args: argparse.Namespace) -> dict:
         prompt=args.prompt, vision_dip=args.vision_dip, rank=args.rank, dip_init=args.dip_init,
         dip_dropout=args.dip_dropout, prompt_depth=args.prompt_depth, density_k=args.density_k,
         lambda_do=args.lambda_do, lambda_pp=args.lambda_pp, id_k=args.id_k, method_options=options or None,
+        search_split=args.search_split,
     )

@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import FORMATTER, non_negative_int, out_dir, output_args, path_arg, positive_int, seed_arg
+from .common import (
+    FEATURE_METHOD_NAMES,
+    FORMATTER,
+    non_negative_int,
+    out_dir,
+    output_args,
+    path_arg,
+    positive_int,
+    seed_arg,
+)
 from .launch import add_launcher_args, launch
 from .overrides import add_override_args, override_kwargs
 
@@ -53,8 +62,11 @@ def add_commands(subparsers) -> None:
         parser.add_argument("--datasets", nargs="+", default=["all"], metavar="KEY",
                             help="dataset keys, each once, or 'all' for the protocol's published list (default)" +
                                  ("; these are the targets, the source is imagenet" if protocol in ("xd", "dg") else ""))
-        parser.add_argument("--methods", nargs="+", default=["zeroshot", "coop", "dip"], metavar="METHOD",
-                            help="zeroshot and/or prompt methods (default: zeroshot coop dip)")
+        default_methods = (["zeroshot", "coop", "dip", *FEATURE_METHOD_NAMES] if protocol == "fewshot"
+                           else ["zeroshot", "coop", "dip"])
+        parser.add_argument("--methods", nargs="+", default=default_methods, metavar="METHOD",
+                            help=f"zeroshot, prompt methods and feature-space methods (default: "
+                                 f"{' '.join(default_methods)})")
         parser.add_argument("--seeds", nargs="+", type=seed_arg, default=[1, 2, 3], help="each once; default: 1 2 3")
         parser.add_argument("--shots", nargs="+", type=positive_int, default=None,
                             help=("shot counts, each once; " if protocol == "fewshot" else "one shot count; ") +

@@ -44,7 +44,7 @@ from .features import FRESH, FeatureBatches, FeatureStore, PromptedImageBatches,
 from .reproducibility import atomic_torch_save, epoch_seed, seed_everything
 
 CHECKPOINT_NAME = "checkpoint.pt"
-OPTIMIZERS = ("sgd", "adamw")
+OPTIMIZERS = ("sgd", "adamw", "adam")
 
 # Where a Trainer's lines go when it is given no ``log``: stderr (through tqdm, which keeps bars intact), or the
 # sink :func:`run_log` sets; a protocol sweep keeps each run's lines (epochs, accuracies) for --verbose.
@@ -123,6 +123,14 @@ def learning_rate(optim: OptimConfig, epoch: int, epochs: int) -> float:
     return 0.5 * optim.lr * (1.0 + math.cos(math.pi * (epoch - optim.warmup_epochs) / epochs))
 
 
+def step_learning_rate(optim: OptimConfig, step: int, total_steps: int) -> float:
+    """The lr of optimisation step ``step`` (0-based) under a cosine over ``total_steps`` steps down to the
+    optimiser's ``eta_min``, as torch's ``CosineAnnealingLR`` stepped after every iteration (the feature methods'
+    recipes that use it have no warm-up)."""
+    floor = getattr(optim, "eta_min", 0.0)
+    return floor + 0.5 * (optim.lr - floor) * (1.0 + math.cos(math.pi * step / max(total_steps, 1)))
+
+
 def group_learning_rate(optim: OptimConfig, epoch: int, epochs: int, lr_scale: float) -> float:
     """A param group's lr: Dassl's constant warm-up sets every group to ``warmup_lr`` (DePT's 6.5x layers
     too); afterwards a group runs at ``lr_scale`` times the schedule."""
@@ -133,8 +141,11 @@ def group_learning_rate(optim: OptimConfig, epoch: int, epochs: int, lr_scale: f
 def make_optimizer(params, optim: OptimConfig) -> torch.optim.Optimizer:
     if optim.optimizer == "sgd":
         return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+    if optim.optimizer == "adam":  # Dassl's "adam" (TaskRes): L2 weight decay added to the gradient, not AdamW's
+        return torch.optim.Adam(params, lr=optim.lr, weight_decay=optim.weight_decay, eps=getattr(optim, "eps", 1e-8))
     if optim.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
+        return torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay,
+                                 eps=getattr(optim, "eps", 1e-8))  # feature methods' recipes may set eps
     raise DipclipError(f"unknown optimizer {optim.optimizer!r}; use {' or '.join(OPTIMIZERS)}")
 
 
@@ -197,7 +208,8 @@ class Trainer:
     def _fingerprint_payload(self, source: BatchSource) -> dict:
         return {
             "method": self.method.name,
-            "prompt": self.model.prompt_cfg.to_dict(),
+            **({"prompt": self.model.prompt_cfg.to_dict()} if hasattr(self.model, "prompt_cfg") else
+               {"head": {k: v for k, v in self.model.settings.items() if not isinstance(v, torch.Tensor)}}),
             "optim": asdict(self.optim),
             "train": {k: v for k, v in asdict(self.config).items()
                       if k not in ("workers", "feature_cache", "eval_every")},
@@ -276,12 +288,18 @@ class Trainer:
             for group in self.optimizer.param_groups:  # a method may give new layers a larger lr (DePT)
                 group["lr"] = group_learning_rate(self.optim, epoch, cfg.epochs, group.get("lr_scale", 1.0))
             total_loss, correct, seen, began = 0.0, 0, 0, time.perf_counter()
+            steps = max(1, len(items) // cfg.batch_size) if len(items) >= cfg.batch_size else 1
+            step_schedule = getattr(self.optim, "schedule", "epoch") == "step"
             batches = source.batches(epoch, generator)
             self.model.train()
             bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True,
                        total=max(1, len(items) // cfg.batch_size),  # epoch_index_batches drops a partial last
                        disable=None if self.progress else True)  # None: only on a terminal
-            for inputs, labels in bar:  # image features, or images for an image-prompted model
+            for step, (inputs, labels) in enumerate(bar):  # image features, or images for an image-prompted model
+                if step_schedule:  # a cosine over every optimisation step (CosineAnnealingLR(T_max=E * steps))
+                    lr = step_learning_rate(self.optim, epoch * steps + step, cfg.epochs * steps)
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr * group.get("lr_scale", 1.0)
                 inputs, labels = inputs.to(device), labels.to(device)
                 if self.world > 1:  # this rank's slice of the global batch; gradients averaged in step()
                     inputs, labels, self.optimizer.total = local_slice(inputs, labels)
@@ -342,6 +360,8 @@ class Trainer:
             if not bad and not last:
                 return
             if not bad:  # the last step can make finite values so large that the text tower overflows
+                if not hasattr(self.model, "prompt_cfg"):  # a feature head has no text pass of its own
+                    return
                 with torch.no_grad():
                     if bool(torch.isfinite(self.model.text_features(merged=True)).all()):
                         return
@@ -352,8 +372,9 @@ class Trainer:
                            f"(e.g. --lr {self.optim.lr / 10:g}) and train into a new --out")
 
     def _epoch_record(self, epoch: int, lr: float, total_loss: float, correct: int, seen: int) -> dict:
-        context = self.model.context
-        density = density_report(context.merged(), context.initial, self.config.density_k, self.config.density_energy)
+        context = getattr(self.model, "context", None)  # feature heads have no prompt: no density
+        density = (density_report(context.merged(), context.initial, self.config.density_k, self.config.density_energy)
+                   if context is not None else {"id_prompt": None, "id_update": None})
         return {
             "epoch": epoch + 1,
             "loss": round(total_loss / max(seen, 1), 6),

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from ..data.registry import DG_KEYS, EMBEDDED_DATASETS, TRAINABLE_KEYS, dataset_info
 from ..errors import DipclipError
-from ..methods import method_names
+from ..probes import all_method_names, feature_method_names, is_feature_method
 from ..recipes import recipe_shots
+from ..recipes.probes import probe_protocols
 
 PROTOCOLS = ("base2new", "fewshot", "xd", "dg")
 DEFAULT_SEEDS = (1, 2, 3)
@@ -47,10 +48,17 @@ class ProtocolConfig:
     def validate(self) -> ProtocolConfig:
         if self.protocol not in PROTOCOLS:
             raise DipclipError(f"unknown protocol {self.protocol!r}; use one of {', '.join(PROTOCOLS)}")
-        known = method_names()
+        known = all_method_names()
         unknown = [m for m in self.methods if m != "zeroshot" and m not in known]
         if unknown or not self.methods:
             raise DipclipError(f"unknown method(s) {unknown or 'none given'}; use zeroshot, {', '.join(known)}")
+        unable = [m for m in self.methods if is_feature_method(m) and self.protocol not in probe_protocols(m)]
+        if unable:
+            able = [m for m in feature_method_names() if self.protocol in probe_protocols(m)]
+            raise DipclipError(f"{', '.join(unable)} cannot run the {self.protocol} protocol (their authors' recipes "
+                               f"cover other protocols: new classes or other datasets cannot be scored by what they "
+                               f"learn); the feature methods that can: {', '.join(able) or 'none'}, and every prompt "
+                               "method")
         if not self.seeds:
             raise DipclipError("give at least one seed")
         if not self.datasets:

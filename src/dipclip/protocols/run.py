@@ -42,7 +42,7 @@ class RunExecutor:
         self._backbone = backbone
         self._verified: dict[str, str] = {}  # folder -> its metrics, checked to be this command's run
         # quiet: failures only; normal: the sweep's progress, not each run's lines; verbose: also those
-        self.output = "normal" if config.progress else "quiet"
+        self.output = "normal"  # config.progress only turns bars off (none off a terminal anyway); --quiet is output
 
     @property
     def backbone(self) -> Backbone:

@@ -74,8 +74,7 @@ class ProtocolRunner:
 
         ``threads``: torch CPU threads of this process, or of each worker (default: torch's choice; workers
         ``cores // jobs``). ``output``: ``quiet`` (failures only), ``normal`` (one progress line on a terminal,
-        a line per run elsewhere) or ``verbose`` (also each run's epoch lines); default normal, or quiet when
-        ``config.progress`` is off."""
+        a line per run elsewhere) or ``verbose`` (also each run's epoch lines); default normal."""
         if output is not None:
             if output not in OUTPUTS:
                 raise DipclipError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")

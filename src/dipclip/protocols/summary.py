@@ -34,6 +34,8 @@ def collect(runs: Sequence, metrics_of: Callable) -> list[dict]:
                "trainable_params": metrics.get("trainable_params", 0)}
         for name, value in metrics["results"].items():
             row[name] = value["accuracy"]
+        if metrics.get("search_split") == "test":  # hyperparameters chosen on the test set (the authors' way)
+            row["test_set_search"] = True
         rows.append(row)
     return rows
 
@@ -62,6 +64,8 @@ def build_summary(config, runs: Sequence, metrics_of: Callable, incomplete: dict
             if protocol == "base2new":
                 entry["hm"] = _hm_entry(entry)
             entry["trainable_params"] = mine[0]["trainable_params"] if mine else None
+            if any(r.get("test_set_search") for r in mine):
+                entry["test_set_search"] = True
             per_group.append(entry)
         table.extend(per_group)
         table.extend(_average_rows(protocol, method, per_group, columns))
@@ -119,6 +123,8 @@ def _average_rows(protocol: str, method: str, per_group: list[dict], columns: Se
         if protocol == "base2new":
             average["hm"] = _hm_entry(average)
         average["trainable_params"] = entries[0]["trainable_params"] if entries else None
+        if any(e.get("test_set_search") for e in entries):
+            average["test_set_search"] = True
         averages.append(average)
     return averages
 
@@ -156,16 +162,27 @@ def _to_markdown(summary: dict) -> str:
              "|" + "|".join("---" for _ in head) + "|"]
     for row in summary["rows"]:
         params = "-" if row["trainable_params"] is None else f"{row['trainable_params']:,}"
-        cells = [row["method"], f"**{row['dataset']}**" if row["dataset"] == "average" else row["dataset"],
+        cells = [_method_label(row), f"**{row['dataset']}**" if row["dataset"] == "average" else row["dataset"],
                  str(row["shots"]), *(_cell(row[c], row.get("planned_seeds") if c != "hm" else None)
                                        for c in columns), params]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Accuracy in percent, mean ± population std over seeds. HM = 2·B·N/(B+N) of the mean base and new "
               "accuracies; the average row's HM uses the averaged base and new."]
+    if any(row.get("test_set_search") for row in summary["rows"]):
+        lines.append(f"\n{TEST_SEARCH_MARK}: hyperparameters chosen on the test set (--search-split test, the "
+                     "authors' way for that method); not comparable with validation-chosen numbers.")
     for state, folders in summary.get("incomplete", {}).items():
         shown = ", ".join(folders[:8]) + (f" and {len(folders) - 8} more" if len(folders) > 8 else "")
         lines.append(f"\nNot in the table, {state} ({len(folders)}): {shown}")
     return "\n".join(lines) + "\n"
+
+
+TEST_SEARCH_MARK = "(test-set search)"
+
+
+def _method_label(row: dict) -> str:
+    """The method's name, marked when a run of the row chose its hyperparameters on the test set."""
+    return f"{row['method']} {TEST_SEARCH_MARK}" if row.get("test_set_search") else row["method"]
 
 
 def _to_csv(summary: dict) -> str:
@@ -178,11 +195,11 @@ def _to_csv(summary: dict) -> str:
         values = []
         for c in columns:
             values += ["" if row[c][k] is None else row[c][k] for k in ("mean", "std", "n")]
-        writer.writerow([row["method"], row["dataset"], row["shots"], *values, row["trainable_params"]])
+        writer.writerow([_method_label(row), row["dataset"], row["shots"], *values, row["trainable_params"]])
     return buffer.getvalue()
 
 
-SETTING_SECTIONS = ("prompt", "optim", "method_options")
+SETTING_SECTIONS = ("prompt", "optim", "method_options", "head")  # head: a feature method's settings
 IGNORED_TRAIN_KEYS = ("workers", "feature_cache", "density_k", "eval_every")  # never change a result
 
 
@@ -190,6 +207,8 @@ def run_settings(config: dict) -> dict:
     """The parts of a run's ``config`` that decide its numbers, flattened to dotted keys."""
     flat = {key: config.get(key) for key in ("method", "dataset", "shots", "seed", "subsample", "model",
                                              "pretrained")}
+    if "search_split" in config:  # feature methods: which split chose their hyperparameters
+        flat["search_split"] = config["search_split"]
     recipe = config.get("recipe") or {}
     flat["recipe"] = recipe.get("name")
     for section in SETTING_SECTIONS:
