@@ -289,7 +289,7 @@ TRAIN = ["train", "--data", "x", "--dataset", "imagefolder"]
     (["--rank", "0"], "--rank: must be >= 1"),
     (["--dip-dropout", "1"], "--dip-dropout: must be in [0, 1)"),
     (["--dip-dropout", "nan"], "--dip-dropout: must be in [0, 1)"),
-    (["--optimizer", "adam"], "invalid choice: 'adam'"),
+    (["--optimizer", "lamb"], "invalid choice: 'lamb'"),
     (["--subsample", "half"], "invalid choice: 'half'"),
     (["--class-position", "top"], "invalid choice: 'top'"),
     (["--dip-init", "svd"], "invalid choice: 'svd'"),
