@@ -121,3 +121,26 @@ def test_a_linear_head_exports_what_reproduces_predict_and_a_cache_is_refused(ti
     _train("tip-adapter", tiny_config_path, tree_with_val, tmp_path / "tip")
     code, _, err = run(["export", tmp_path / "tip" / "adapter", "--device", "cpu", "--out", tmp_path / "y"], capsys)
     assert_refused(code, err, "tip-adapter's classifier is not one linear map", "dipclip.Classifier")
+
+
+@pytest.mark.parametrize("method", ["lp", "tip-adapter", "zslp"])
+def test_a_head_scores_a_subset_of_its_classes_by_name(method, tiny_config_path, tree_with_val, tmp_path):
+    """ImageNet-A/R style: the head on a subset of its training classes (any order) gives exactly those columns
+    of its full scores; a class it never saw is refused."""
+    import torch
+
+    from dipclip.adapters import load_adapter, model_from_adapter
+    from dipclip.backbones.loading import load_backbone
+    from dipclip.errors import DipclipError
+
+    _train(method, tiny_config_path, tree_with_val, tmp_path / "run")
+    adapter = load_adapter(tmp_path / "run" / "adapter")
+    backbone = load_backbone(str(tiny_config_path), "none", device="cpu", announce=False)
+    full = model_from_adapter(adapter, backbone)
+    names = full.classnames
+    subset = model_from_adapter(adapter, backbone, [names[2], names[0]])
+    features = torch.nn.functional.normalize(torch.randn(5, backbone.text.output_dim), dim=-1)
+    with torch.no_grad():
+        torch.testing.assert_close(subset.logits(features), full.logits(features)[:, [2, 0]], rtol=0, atol=0)
+    with pytest.raises(DipclipError, match="can only score the 3 classes it was trained on"):
+        model_from_adapter(adapter, backbone, [names[0], "unseen class"])

@@ -24,6 +24,7 @@ discriminant methods, the few-shot features/labels or class statistics they keep
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -100,14 +101,40 @@ class FeatureHead(nn.Module):
     def classnames(self) -> list[str]:
         return self._classnames
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        """A head's own ``logits`` give scores over its training classes; when :meth:`set_classnames` picked a
+        subset of them by name (ImageNet-A/R's 200 of ImageNet's 1,000, as the authors' label mappings and DePT's
+        row clipping do), only those columns are returned, in the asked order."""
+        super().__init_subclass__(**kwargs)
+        inner = cls.__dict__.get("logits")
+        if inner is None or getattr(inner, "_picks_rows", False):
+            return
+
+        @functools.wraps(inner)
+        def logits(self, image_features, text_features=None):
+            scores = inner(self, image_features, text_features)
+            rows = self.__dict__.get("_subset_rows")
+            return scores if rows is None else scores.index_select(-1, rows.to(scores.device))
+
+        logits._picks_rows = True
+        cls.logits = logits
+
     def set_classnames(self, classnames: list[str]) -> None:
-        """Other classes than the training ones only where the method can score them (``scores_new_classes``)."""
+        """Other classes than the training ones only where the method can score them (``scores_new_classes``);
+        a subset of the training classes (matched by name) scores those columns only."""
+        self.__dict__["_subset_rows"] = None
         if list(classnames) == self.train_classnames:
+            self._classnames = list(classnames)
+            return
+        index = {name: i for i, name in enumerate(self.train_classnames)}
+        if not self.scores_new_classes and all(name in index for name in classnames) \
+                and len(set(classnames)) == len(classnames):
+            self.__dict__["_subset_rows"] = torch.tensor([index[name] for name in classnames], dtype=torch.long)
             self._classnames = list(classnames)
             return
         if not self.scores_new_classes:
             raise DipclipError(f"{self.origin} can only score the {len(self.train_classnames)} classes it was "
-                               "trained on; evaluate it on those classes")
+                               "trained on (or a subset of them, by name); evaluate it on those classes")
         self._classnames = list(classnames)
         self.on_new_classes(classnames)
 
