@@ -322,7 +322,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_adapter(tiny_config_path, imag
     def full(path, payload):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr("dipclip.api.atomic_write_json", full)
+    monkeypatch.setattr("dipclip.api.common.atomic_write_json", full)  # where _write_metrics looks it up
     out = tmp_path / "run"
     code, _, err = run(["train", "--method", "coop", "--model", tiny_config_path, "--pretrained", "none",
                         "--data", image_tree, "--dataset", "imagefolder", "--shots", "1", "--epochs", "1",
@@ -336,7 +336,7 @@ def test_a_read_only_folder_names_the_file(trained, image_tree, tmp_path, monkey
     def read_only(path, data):
         raise OSError(errno.EROFS, "Read-only file system", str(path))
 
-    monkeypatch.setattr("dipclip.api.atomic_write_bytes", read_only)
+    monkeypatch.setattr("dipclip.api.deployment.atomic_write_bytes", read_only)  # where export looks it up
     code, _, err = run(["export", trained / "adapter", "--out", tmp_path / "exp"], capsys)
     assert_refused(code, err, str(tmp_path / "exp" / "classifier.safetensors"), "read-only file system")
 
