@@ -63,35 +63,9 @@ def save_adapter(out_dir: str | Path, method: str, model: PromptCLIP | FeatureHe
     A feature-space head (:mod:`dipclip.probes`) stores its settings under ``head`` and, beside what it learned,
     what it computed (a cache's few-shot features and labels, class statistics)."""
     out = Path(out_dir)
-    if isinstance(model, FeatureHead):
-        return _save_head(out, method, model, extra)
-    tensors = {name: t.cpu().contiguous() for name, t in model.learnable_state().items()}
-    bad = _non_finite(tensors)
-    if bad:
-        raise DipclipError(f"refusing to write adapter {out}: learned tensor(s) {', '.join(bad)} hold NaN/inf "
-                           "(the training diverged); lower --lr and train again")
-    config = {
-        "format": FORMAT,
-        "format_version": 1,
-        "dipclip_version": __version__,
-        "method": method,
-        "prompt": model.prompt_cfg.to_dict(),
-        "trainable_params": model.num_trainable(),
-        "backbone": model.backbone.describe(),
-    }
-    if model.prompt_cfg.class_specific or model.has_class_head:
-        # class-specific contexts and class heads (DePT) belong to these classes, in this order
-        config["classnames"] = model.train_classnames
-    config["train_classnames"] = list(model.train_classnames)  # what predict/export use when given no classes
-    config["frozen_sha256"] = model.frozen_digests()  # an edited config must not rebuild other frozen tensors
-    config.update(extra or {})
-    atomic_write_bytes(out / WEIGHTS_NAME, save(tensors, metadata={"format": FORMAT, "method": method}))
-    atomic_write_json(out / CONFIG_NAME, config)
-    return out
-
-
-def _save_head(out: Path, method: str, head: FeatureHead, extra: dict | None) -> Path:
-    tensors = {name: t.cpu().contiguous() for name, t in (head.learnable_state() | head.stored_state()).items()}
+    head = isinstance(model, FeatureHead)
+    state = (model.learnable_state() | model.stored_state()) if head else model.learnable_state()
+    tensors = {name: t.cpu().contiguous() for name, t in state.items()}
     bad = _non_finite(tensors)
     if bad:
         raise DipclipError(f"refusing to write adapter {out}: tensor(s) {', '.join(bad)} hold NaN/inf "
@@ -101,13 +75,16 @@ def _save_head(out: Path, method: str, head: FeatureHead, extra: dict | None) ->
         "format_version": 1,
         "dipclip_version": __version__,
         "method": method,
-        "head": {k: v for k, v in head.settings.items() if not isinstance(v, torch.Tensor)},
-        "trainable_params": head.num_trainable(),
-        "backbone": head.backbone.describe(),
-        "classnames": list(head.train_classnames),
-        "train_classnames": list(head.train_classnames),
-        "frozen_sha256": head.frozen_digests(),
+        **({"head": {k: v for k, v in model.settings.items() if not isinstance(v, torch.Tensor)}} if head
+           else {"prompt": model.prompt_cfg.to_dict()}),
+        "trainable_params": model.num_trainable(),
+        "backbone": model.backbone.describe(),
     }
+    if head or model.prompt_cfg.class_specific or model.has_class_head:
+        # class-specific contexts and class heads (DePT, the feature methods) belong to these classes, in this order
+        config["classnames"] = list(model.train_classnames)
+    config["train_classnames"] = list(model.train_classnames)  # what predict/export use when given no classes
+    config["frozen_sha256"] = model.frozen_digests()  # an edited config must not rebuild other frozen tensors
     config.update(extra or {})
     atomic_write_bytes(out / WEIGHTS_NAME, save(tensors, metadata={"format": FORMAT, "method": method}))
     atomic_write_json(out / CONFIG_NAME, config)

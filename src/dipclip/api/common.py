@@ -214,3 +214,51 @@ def _one_writer(function):
             return function(*args, **kwargs)
 
     return locked
+
+
+def training_metrics(*, method: str, trainable_params: int, results: dict, history: list, splits: DatasetSplits,
+                     data_warnings: list[str], identity: str, backbone, config: dict, trainer, began: float,
+                     eval_began: float, **specific) -> dict:
+    """The ``metrics.json`` of a training run (prompt or feature method): the shared record, with ``specific``
+    (``density`` for prompts; ``chosen`` and ``search_split`` for feature methods) after ``history``."""
+    import time
+
+    from .. import __version__
+
+    return {
+        "dipclip_version": __version__,
+        "method": method,
+        "trainable_params": trainable_params,
+        "results": results,
+        "history": history,
+        **specific,
+        "num_classes": len(splits.classnames),
+        "num_train_images": len(splits.train),
+        "data_warnings": data_warnings,
+        "data_identity": identity,
+        "backbone": backbone.describe(),
+        "config": config,
+        "timing": {
+            "train_epoch_seconds": trainer.epoch_seconds,
+            "eval_seconds": round(time.perf_counter() - eval_began, 3),
+            "total_seconds": round(time.perf_counter() - began, 3),
+        },
+    }
+
+
+def evaluation_metrics(*, method: str, trainable_params: int, name: str, result: dict, splits: DatasetSplits,
+                       data_warnings: list[str], identity: str, backbone, config: dict) -> dict:
+    """The ``metrics.json`` of an evaluation (``zeroshot``, ``eval``)."""
+    from .. import __version__
+
+    return {
+        "dipclip_version": __version__,
+        "method": method,
+        "trainable_params": trainable_params,
+        "results": {name: result},
+        "num_classes": len(splits.classnames),
+        "data_warnings": data_warnings,
+        "data_identity": identity,
+        "backbone": backbone.describe(),
+        "config": config,
+    }

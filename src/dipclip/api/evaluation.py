@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from .. import __version__
 from ..adapters import load_adapter, model_from_adapter
 from ..argcheck import checked
 from ..backbones.loading import Backbone, load_backbone
@@ -15,7 +14,15 @@ from ..data.validate import check_for_evaluation
 from ..engine.evaluate import evaluate_items, evaluate_model
 from ..engine.features import feature_store
 from ..methods.zeroshot import ENSEMBLE_TEMPLATES, ensemble_templates, zeroshot_text_features
-from .common import _one_writer, _report, _write_metrics, evaluation_identity, keep_other_results, load_data
+from .common import (
+    _one_writer,
+    _report,
+    _write_metrics,
+    evaluation_identity,
+    evaluation_metrics,
+    keep_other_results,
+    load_data,
+)
 
 
 @checked
@@ -61,17 +68,8 @@ def zeroshot(
     result = evaluate_items(backbone, text_features, splits.split(split), workers=workers,
                             skip_bad_images=skip_bad_images, desc=f"zero-shot {name}",
                             store=feature_store(feature_cache), classnames=splits.classnames)
-    metrics = {
-        "dipclip_version": __version__,
-        "method": "zeroshot",
-        "trainable_params": 0,
-        "results": {name: result},
-        "num_classes": len(splits.classnames),
-        "data_warnings": data_warnings,
-        "data_identity": identity,
-        "backbone": backbone.describe(),
-        "config": config,
-    }
+    metrics = evaluation_metrics(method="zeroshot", trainable_params=0, name=name, result=result, splits=splits,
+                                 data_warnings=data_warnings, identity=identity, backbone=backbone, config=config)
     _write_metrics(out, metrics)
     return metrics
 
@@ -111,16 +109,8 @@ def evaluate(
     prompt_model = model_from_adapter(loaded, backbone, splits.classnames)
     result = evaluate_model(prompt_model, splits.split(split), workers=workers, skip_bad_images=skip_bad_images,
                             desc=f"eval {name}", store=feature_store(feature_cache), classnames=splits.classnames)
-    metrics = {
-        "dipclip_version": __version__,
-        "method": loaded.method,
-        "trainable_params": prompt_model.num_trainable(),
-        "results": {name: result},
-        "num_classes": len(splits.classnames),
-        "data_warnings": data_warnings,
-        "data_identity": identity,
-        "backbone": backbone.describe(),
-        "config": config,
-    }
+    metrics = evaluation_metrics(method=loaded.method, trainable_params=prompt_model.num_trainable(), name=name,
+                                 result=result, splits=splits, data_warnings=data_warnings, identity=identity,
+                                 backbone=backbone, config=config)
     _write_metrics(out, metrics)
     return metrics

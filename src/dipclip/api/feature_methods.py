@@ -9,7 +9,6 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
 from ..adapters import save_adapter
 from ..backbones.loading import Backbone, load_backbone
 from ..data.types import DatasetSplits
@@ -26,6 +25,7 @@ from .common import (
     load_data,
     resolve_data_root,
     training_identity,
+    training_metrics,
     training_splits,
 )
 
@@ -118,27 +118,10 @@ def train_feature_method(
         head.set_classnames(splits.classnames)
     for key, value in results.items():
         trainer.log(f"{key}: accuracy {value['accuracy']:.2f}% on {value['n']} images")
-    metrics = {
-        "dipclip_version": __version__,
-        "method": head_method.name,
-        "trainable_params": head.num_trainable(),
-        "results": results,
-        "history": history,
-        "density": None,
-        "chosen": chosen,
-        "search_split": search_split,
-        "num_classes": len(splits.classnames),
-        "num_train_images": len(splits.train),
-        "data_warnings": data_warnings,
-        "data_identity": identity,
-        "backbone": backbone.describe(),
-        "config": config,
-        "timing": {
-            "train_epoch_seconds": trainer.epoch_seconds,
-            "eval_seconds": round(time.perf_counter() - eval_began, 3),
-            "total_seconds": round(time.perf_counter() - began, 3),
-        },
-    }
+    metrics = training_metrics(
+        method=head_method.name, trainable_params=head.num_trainable(), results=results, history=history,
+        density=None, chosen=chosen, search_split=search_split, splits=splits, data_warnings=data_warnings,
+        identity=identity, backbone=backbone, config=config, trainer=trainer, began=began, eval_began=eval_began)
     _write_metrics(out, metrics)
     return metrics
 

@@ -7,7 +7,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .. import __version__
 from ..adapters import save_adapter
 from ..argcheck import checked
 from ..backbones.loading import Backbone, load_backbone
@@ -29,6 +28,7 @@ from .common import (
     load_data,
     resolve_data_root,
     training_identity,
+    training_metrics,
     training_splits,
 )
 from .feature_methods import _feature_config, _feature_plan, get_feature_method_epochs, train_feature_method
@@ -319,24 +319,10 @@ def train(
     for key, value in results.items():
         trainer.log(f"{key}: accuracy {value['accuracy']:.2f}% on {value['n']} images")
     context = prompt_model.context
-    metrics = {
-        "dipclip_version": __version__,
-        "method": prompt_method.name,
-        "trainable_params": n_params,
-        "results": results,
-        "history": history,
-        "density": density_report(context.merged(), context.initial, density_k),
-        "num_classes": len(splits.classnames),
-        "num_train_images": len(splits.train),
-        "data_warnings": data_warnings,
-        "data_identity": identity,
-        "backbone": backbone.describe(),
-        "config": config,
-        "timing": {
-            "train_epoch_seconds": trainer.epoch_seconds,
-            "eval_seconds": round(time.perf_counter() - eval_began, 3),
-            "total_seconds": round(time.perf_counter() - began, 3),
-        },
-    }
+    metrics = training_metrics(
+        method=prompt_method.name, trainable_params=n_params, results=results, history=history,
+        density=density_report(context.merged(), context.initial, density_k), splits=splits,
+        data_warnings=data_warnings, identity=identity, backbone=backbone, config=config, trainer=trainer,
+        began=began, eval_began=eval_began)
     _write_metrics(out, metrics)
     return metrics

@@ -34,9 +34,9 @@ def ensemble_templates(dataset: str | None, dataset_template: str) -> list[str]:
 
 
 @torch.no_grad()
-def zeroshot_text_features(backbone: Backbone, classnames: Sequence[str], templates: Sequence[str],
-                           chunk_size: int = 256) -> torch.Tensor:
-    """Normalised [C, D] features; with several templates, the renormalised mean of their features."""
+def template_text_features(backbone: Backbone, classnames: Sequence[str], templates: Sequence[str],
+                           chunk_size: int = 256) -> list[torch.Tensor]:
+    """Per template, the unnormalised fp32 text features [C, D] of every class (checked class list and templates)."""
     if not classnames:
         raise DipclipError("the class list is empty; give at least one class name")
     bad = [t for t in templates if "{}" not in t]
@@ -46,13 +46,20 @@ def zeroshot_text_features(backbone: Backbone, classnames: Sequence[str], templa
     # tokenized in one call, so that a model missing words warns once, not once per template
     token_ids = backbone.tokenize([template.format(name) for template in templates for name in names])
     require_distinct_texts(backbone, names, token_ids[:len(names)])
-    total = None
+    per_template = []
     for start in range(0, len(token_ids), len(names)):
         ids = token_ids[start:start + len(names)]
-        parts = [
-            backbone.text.encode_token_ids(ids[i : i + chunk_size]).float()
-            for i in range(0, len(ids), chunk_size)
-        ]
-        features = nn.functional.normalize(torch.cat(parts), dim=-1)
-        total = features if total is None else total + features
+        per_template.append(torch.cat([backbone.text.encode_token_ids(ids[i : i + chunk_size]).float()
+                                       for i in range(0, len(ids), chunk_size)]))
+    return per_template
+
+
+@torch.no_grad()
+def zeroshot_text_features(backbone: Backbone, classnames: Sequence[str], templates: Sequence[str],
+                           chunk_size: int = 256) -> torch.Tensor:
+    """Normalised [C, D] features; with several templates, the renormalised mean of their features."""
+    total = None
+    for features in template_text_features(backbone, classnames, templates, chunk_size):
+        features = nn.functional.normalize(features, dim=-1)
+        total = features if total is None else total + features  # in template order, as before
     return nn.functional.normalize(total, dim=-1)

@@ -30,22 +30,9 @@ BaseEncoder = Callable[[list[str], list[str]], torch.Tensor]
 def raw_template_mean(backbone: Backbone, classnames: Sequence[str], templates: Sequence[str],
                       chunk_size: int = 256) -> torch.Tensor:
     """[C, D]: per class, the mean over ``templates`` of the unnormalised text features (their regular base)."""
-    from ..prompts.class_prompts import clean_classname, require_distinct_texts
+    from ..methods.zeroshot import template_text_features
 
-    if not classnames:
-        raise DipclipError("the class list is empty; give at least one class name")
-    bad = [t for t in templates if "{}" not in t]
-    if not templates or bad:
-        raise DipclipError(f"templates must contain '{{}}' where the class name goes, got {bad or 'none'}")
-    names = [clean_classname(c) for c in classnames]
-    token_ids = backbone.tokenize([template.format(name) for template in templates for name in names])
-    require_distinct_texts(backbone, names, token_ids[:len(names)])
-    per_template = []
-    for start in range(0, len(token_ids), len(names)):
-        ids = token_ids[start:start + len(names)]
-        per_template.append(torch.cat([backbone.text.encode_token_ids(ids[i:i + chunk_size]).float()
-                                       for i in range(0, len(ids), chunk_size)]))
-    return torch.stack(per_template, dim=1).mean(1)
+    return torch.stack(template_text_features(backbone, classnames, templates, chunk_size), dim=1).mean(1)
 
 
 def base_encoder_of(backbone: Backbone) -> BaseEncoder:
