@@ -144,3 +144,48 @@ def test_a_head_scores_a_subset_of_its_classes_by_name(method, tiny_config_path,
         torch.testing.assert_close(subset.logits(features), full.logits(features)[:, [2, 0]], rtol=0, atol=0)
     with pytest.raises(DipclipError, match="can only score the 3 classes it was trained on"):
         model_from_adapter(adapter, backbone, [names[0], "unseen class"])
+
+
+def test_every_recipe_sets_only_settings_its_method_has_of_their_kind():
+    """Each recipe's head values (defaults, protocols, dataset rules) are settings the method knows, of the kind
+    its defaults have; the optimiser and training sections build their configs."""
+    from dipclip.recipes.probes import load_probe_recipe_file, probe_recipe_methods, resolve_probe_recipe
+
+    assert probe_recipe_methods() == sorted(FEATURE_METHODS)
+    for name in probe_recipe_methods():
+        method, raw = get_feature_method(name), load_probe_recipe_file(name)
+        for protocol, body in raw["protocols"].items():
+            for rule in [{"when": {}}] + body.get("rules", []):
+                dataset = (rule["when"].get("dataset") or [None])[0]
+                shots = (rule["when"].get("shots") or [None])[0]
+                values = resolve_probe_recipe(name, protocol, dataset, shots).values
+                method.settings(**values.get("head", {}))
+                method.optim_config(**values.get("optim", {}))
+
+
+@pytest.mark.parametrize(("option", "expected"), [
+    ("search_step=abc", "tip-adapter setting search_step must be a list like its default [200, 20]"),
+    ("search=1", "tip-adapter setting search must be true or false"),
+    ("init_alpha=[1]", "tip-adapter setting init_alpha must be a number"),
+    ("cache_size=3", "tip-adapter has no setting(s) cache_size"),
+])
+def test_a_mistyped_method_option_is_refused_in_one_line(option, expected, tiny_config_path, tree_with_val,
+                                                         tmp_path, capsys):
+    code, _, err = run(["train", "--method", "tip-adapter", "--method-option", option, "--model", tiny_config_path,
+                        "--pretrained", "none", "--data", tree_with_val, "--dataset", "imagefolder",
+                        "--device", "cpu", "--out", tmp_path / "r"], capsys)
+    assert_refused(code, err, expected)
+    assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+def test_clip_lora_counts_iterations_per_shot_and_needs_a_shot_count(tiny_config_path, tree_with_val, tmp_path):
+    """Its authors' 500 x shots iterations become epochs from the training set's size; without --shots there is
+    no such count, so it is refused instead of running the recipe's placeholder epochs."""
+    from dipclip.errors import DipclipError
+
+    plan = api.train_config("clip-lora", recipe="fewshot", data=str(tree_with_val), dataset="imagefolder", shots=4,
+                            method_options={"iterations_per_shot": 3})
+    assert plan["train"]["epochs"] == 12  # 12 images, batch 32: one step an epoch, 3 x 4 iterations
+    with pytest.raises(DipclipError, match="needs --shots K, or give --epochs"):
+        api.train("clip-lora", model=str(tiny_config_path), pretrained="none", data=str(tree_with_val),
+                  dataset="imagefolder", shots=None, out=tmp_path / "r", device="cpu", progress=False)

@@ -12,7 +12,7 @@ from ..backbones.loading import Backbone
 from ..data.transforms import RECIPE_CROP_SCALE
 from ..data.types import DatasetSplits
 from ..errors import DipclipError
-from ..probes.base import FeatureData, FeatureHead, FeatureMethod
+from ..probes.base import SAME_AS_VAL, FeatureData, FeatureHead, FeatureMethod
 from .features import FeatureStore
 
 SEARCH_SPLITS = ("val", "test")
@@ -42,13 +42,11 @@ def feature_data(backbone: Backbone, splits: DatasetSplits, store: FeatureStore,
             stacked.append(features)
         return torch.stack(stacked).to(device), labels.to(device)
 
-    train = encoded(splits.train, "encode train")
-    val = encoded(splits.val, "encode val") if splits.val else None
-    if search_split == "test":
-        search = encoded(splits.test, "encode test (search)")
-    else:
-        search = val
-    return FeatureData(train=train, views=views, val=val, search=search, search_split=search_split)
+    # each split is encoded on first use only (a method that never searches never encodes its search split)
+    search = (lambda: encoded(splits.test, "encode test (search)")) if search_split == "test" else SAME_AS_VAL
+    return FeatureData(train=lambda: encoded(splits.train, "encode train"), views=views,
+                       val=lambda: encoded(splits.val, "encode val") if splits.val else None,
+                       search=search, search_split=search_split)
 
 
 def fit_head(method: FeatureMethod, head: FeatureHead, data: FeatureData,

@@ -60,7 +60,10 @@ class HeadOptimConfig(OptimConfig):
             raise DipclipError(f"the optimiser eps must be a finite number > 0, got {self.eps!r}")
 
 
-@dataclass
+Pair = tuple[torch.Tensor, torch.Tensor]
+SAME_AS_VAL = "same as val"
+
+
 class FeatureData:
     """What a feature method may read, all from the feature store (L2-normalised fp32, on the model's device).
 
@@ -70,13 +73,40 @@ class FeatureData:
     ``val``: the few-shot validation split under the test transform, or None when the dataset has none;
     ``search``: the split hyperparameters are searched on (``val`` by default; the test split only with the
     authors' way, ``search_split="test"``).
+
+    ``train``, ``val`` and ``search`` may be given as zero-argument functions: they are encoded on first use
+    only, so a method that never reads them (CLIP-LoRA, the trained adapters) costs no encoding pass;
+    ``search=SAME_AS_VAL`` is the validation split itself (encoded once).
     """
 
-    train: tuple[torch.Tensor, torch.Tensor]
-    views: Callable[[int], tuple[torch.Tensor, torch.Tensor]]
-    val: tuple[torch.Tensor, torch.Tensor] | None
-    search: tuple[torch.Tensor, torch.Tensor] | None
-    search_split: str = "val"
+    def __init__(self, train: Pair | Callable[[], Pair], views: Callable[[int], Pair] | None,
+                 val: Pair | None | Callable[[], Pair | None], search: Pair | None | Callable[[], Pair | None],
+                 search_split: str = "val"):
+        self._given = {"train": train, "val": val, "search": search}
+        self._resolved: dict[str, Pair | None] = {}
+        self.views = views
+        self.search_split = search_split
+
+    def _get(self, name: str) -> Pair | None:
+        if name not in self._resolved:
+            given = self._given[name]
+            if name == "search" and given is SAME_AS_VAL:
+                self._resolved[name] = self.val
+            else:
+                self._resolved[name] = given() if callable(given) else given
+        return self._resolved[name]
+
+    @property
+    def train(self) -> Pair:
+        return self._get("train")
+
+    @property
+    def val(self) -> Pair | None:
+        return self._get("val")
+
+    @property
+    def search(self) -> Pair | None:
+        return self._get("search")
 
 
 class FeatureHead(nn.Module):
@@ -206,6 +236,7 @@ class FeatureMethod:
     summary: str = ""
     trained: bool = True  # the one trainer runs epochs over stored feature views
     searches: bool = False  # chooses hyperparameters on FeatureData.search (the few-shot val split by default)
+    mixed_settings: frozenset[str] = frozenset()  # settings that take values of several kinds (the method checks)
     protocols: frozenset[str] = frozenset({"fewshot"})
     defaults: dict = {}  # the method's own hyperparameters (the recipe's "head" section overrides them)
     optim_defaults: HeadOptimConfig = HeadOptimConfig()
@@ -218,7 +249,15 @@ class FeatureMethod:
         if unknown:
             raise DipclipError(f"{self.name} has no setting(s) {', '.join(unknown)}; its settings are "
                                f"{', '.join(sorted(self.defaults)) or 'none'}")
-        return {**self.defaults, **{k: v for k, v in overrides.items() if v is not None}}
+        given = {k: v for k, v in overrides.items() if v is not None}
+        for key, value in given.items():
+            default = self.defaults[key]
+            if default is None or isinstance(value, torch.Tensor) or key in self.mixed_settings:
+                continue  # no type to hold it to (C, injected zero-shot weights), or several are allowed
+            if not _same_kind(value, default):
+                raise DipclipError(f"{self.name} setting {key} must be {_kind_of(default)} like its default "
+                                   f"{default!r}, got {value!r}; e.g. --method-option {key}={_example(default)}")
+        return {**self.defaults, **given}
 
     def build(self, backbone: Backbone, classnames: list[str], settings: dict) -> FeatureHead:
         raise NotImplementedError
@@ -266,3 +305,34 @@ class FeatureMethod:
         if protocol == "base2new":
             return "its learned tensors are tied to the training classes, so new classes cannot be scored"
         return f"it supports {', '.join(sorted(self.protocols))}"
+
+
+def _kind_of(value: object) -> str:
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, list | tuple) else type(value).__name__
+
+
+def _same_kind(value: object, default: object) -> bool:
+    """A setting keeps its default's kind: a switch stays a switch, a number a number (not a bool), a list a
+    list of the same kind of items (numbers or strings)."""
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int | float):
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    if isinstance(default, list | tuple):
+        return isinstance(value, list | tuple) and (not default or not value or all(
+            _same_kind(item, default[0]) for item in value))
+    return True
+
+
+def _example(default: object) -> str:
+    import json
+
+    return json.dumps(list(default) if isinstance(default, tuple) else default).replace(" ", "")

@@ -155,6 +155,7 @@ class CLIPLoRA(FeatureMethod):
     trained = True
     searches = False
     protocols = frozenset({"fewshot", "base2new", "xd", "dg"})
+    mixed_settings = frozenset({"position"})  # a name ("all", "top3", ...) or a list of layer indices
     # run_utils.py get_arguments defaults; main.py logit_scale = 100; lora.py template = dataset.template[0]
     defaults = {"templates": ["a photo of a {}."], "rank": 2, "alpha": 1.0, "dropout": 0.25,
                 "params": ["q", "k", "v"], "encoder": "both", "position": "all", "logit_scale": 100.0,
@@ -169,7 +170,8 @@ class CLIPLoRA(FeatureMethod):
     def epochs_for(self, settings: dict, shots: int | None, n_train: int, batch_size: int) -> int | None:
         """``ceil(iterations_per_shot * shots / steps per epoch)``: their ``n_iters = 500 * shots``."""
         if not shots:
-            return None
+            raise DipclipError(f"{self.name} trains for {settings['iterations_per_shot']} x shots iterations (its "
+                               "authors' n_iters), so it needs --shots K, or give --epochs")
         return training_epochs(shots, n_train, batch_size, int(settings["iterations_per_shot"]))
 
     def why_not(self, protocol: str) -> str:

@@ -19,7 +19,8 @@ from . import PROTOCOL_OF, Recipe, _matches
 
 SECTIONS = ("optim", "train", "head")
 # the keys a recipe may set per section (head keys are checked against the method's own settings when used)
-OPTIM_KEYS = {"optimizer", "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_lr", "eps", "schedule"}
+OPTIM_KEYS = {"optimizer", "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_lr", "eps", "schedule",
+              "eta_min"}
 TRAIN_KEYS = {"epochs", "batch_size", "crop_scale"}
 ALLOWED = {"optim": OPTIM_KEYS, "train": TRAIN_KEYS}
 PROTOCOL_BODY_KEYS = {"files", "shots", "rules", *SECTIONS}
