@@ -27,21 +27,15 @@ import sys
 import types
 from pathlib import Path
 
-import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # golden_io beside this file
+from golden_io import f32, tensor  # noqa: E402
 
 SEED = 0
 CLASSES, SHOTS, DIM, TEST = 4, 4, 1024, 12
 EPOCHS, BATCH = 3, 8
 LOGIT_SCALE = math.log(100.0)  # CLIP's trained logit scale is ln(100) (exp = 100)
-
-
-def f32(values) -> list[float]:
-    return [float(np.format_float_scientific(np.float32(v), unique=True)) for v in values]
-
-
-def tensor(t: torch.Tensor) -> dict:
-    return {"shape": list(t.shape), "values": f32(t.detach().float().flatten().tolist())}
 
 
 def synthetic(seed: int = SEED) -> dict:

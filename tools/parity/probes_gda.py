@@ -25,16 +25,14 @@ import sys
 import types
 from pathlib import Path
 
-import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # golden_io beside this file
+from golden_io import f32  # noqa: E402
 
 ALPHAS = [0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0]
 FEWSHOT = {"seed": 1, "classes": 4, "shots": 4, "dim": 32, "views": 3, "val": 40, "test": 40, "new": 0, "eval_noise": 0.6}
 BASE2NEW = {"seed": 2, "classes": 4, "shots": 16, "dim": 512, "views": 10, "val": 40, "test": 40, "new": 3, "eval_noise": 4.0}
-
-
-def f32(values) -> list[float]:
-    return [float(np.format_float_scientific(np.float32(v), unique=True)) for v in values]
 
 
 def tensor(t: torch.Tensor, full: bool = True) -> dict:

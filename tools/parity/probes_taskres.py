@@ -23,11 +23,12 @@ import argparse
 import json
 import math
 import sys
-import types
 from pathlib import Path
 
-import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # golden_io beside this file
+from golden_io import install_dassl_shims, tensor  # noqa: E402
 
 SEED = 0
 CLASSES, SHOTS, DIM, TEST, TEMPLATES = 5, 4, 32, 15, 8
@@ -35,14 +36,6 @@ EPOCHS, BATCH = 3, 8
 SCALE = 0.5
 LOGIT_SCALE = math.log(100.0)
 SUBSET = [3, 0, 4]  # rows of a target that keeps some of the training classes, in its own order
-
-
-def f32(values) -> list[float]:
-    return [float(np.format_float_scientific(np.float32(v), unique=True)) for v in values]
-
-
-def tensor(t: torch.Tensor) -> dict:
-    return {"shape": list(t.shape), "values": f32(t.detach().float().flatten().tolist())}
 
 
 def synthetic(seed: int = SEED) -> dict:
@@ -60,23 +53,6 @@ def synthetic(seed: int = SEED) -> dict:
             "template_text": text, "order": order}
 
 
-def install_shims() -> None:
-    from torch import nn
-    from torch.optim import lr_scheduler
-
-    original_init = lr_scheduler.LRScheduler.__init__
-
-    def scheduler_init(self, optimizer, last_epoch=-1, verbose=None):  # torch >= 2.7 removed `verbose`
-        original_init(self, optimizer, last_epoch)
-
-    lr_scheduler.LRScheduler.__init__ = scheduler_init
-    nn.Module.cuda = lambda self, *a, **k: self
-    torch.Tensor.cuda = lambda self, *a, **k: self
-    sys.modules.setdefault("pkg_resources", types.ModuleType("pkg_resources"))
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--official", required=True, help="folder holding TaskRes and Dassl.pytorch")
@@ -84,7 +60,7 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(args.official)
     sys.path[:0] = [str(root / "TaskRes"), str(root / "Dassl.pytorch")]
-    install_shims()
+    install_dassl_shims()
     import trainers.taskres as official  # their trainers/taskres.py
     from dassl.config import get_cfg_default
     from dassl.engine.trainer import TrainerBase

@@ -24,22 +24,16 @@ import tempfile
 import types
 from pathlib import Path
 
-import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # golden_io beside this file
+from golden_io import tensor  # noqa: E402
 
 SEED = 0
 CLASSES, SHOTS, DIM, VIEWS, VAL, TEST = 4, 4, 32, 3, 40, 40
 GRIDS = {"oxford_pets": ([7, 3], [200, 20]), "fgvc": ([30, 30], [200, 20])}  # configs/<dataset>.yaml
 INIT = {"init_beta": 1, "init_alpha": 1.17}  # configs/oxford_pets.yaml
 F_EPOCHS, F_BATCH = 2, 8
-
-
-def f32(values) -> list[float]:
-    return [float(np.format_float_scientific(np.float32(v), unique=True)) for v in values]
-
-
-def tensor(t: torch.Tensor) -> dict:
-    return {"shape": list(t.shape), "values": f32(t.detach().float().flatten().tolist())}
 
 
 def synthetic(seed: int = SEED) -> dict:
