@@ -182,3 +182,30 @@ def test_deep_prompts_on_other_open_clip_towers(family_configs, family, image_tr
                         dataset="imagefolder", shots=2, epochs=1, batch_size=4, progress=False, device="cpu",
                         out=tmp_path / "maple", prompt_depth=2, n_ctx=2)
     assert len(metrics["history"]) == 1 and metrics["results"]["test"]["n"] == 12
+
+
+def test_the_backbone_identity_holds_the_tokenizer_files_and_the_config(family_configs, tmp_path):
+    """A local tokenizer folder's bytes decide the ids, and a config's every field the model: both are part of
+    the identity adapters and the feature store check, so an edited vocabulary or pooling is never reused."""
+    import shutil
+
+    from dipclip.backbones.tokenizers import TOKENIZER_FILES
+
+    config = json.loads(family_configs["siglip-hf-tokenizer"].read_text())
+    folder = tmp_path / "tok"
+    shutil.copytree(config["text_cfg"]["hf_tokenizer_name"], folder)
+    config["text_cfg"]["hf_tokenizer_name"] = str(folder)
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps(config))
+    before = load_backbone(str(path), "none", announce=False).identity
+    assert "/tokenizer-sha256:" in before and before == load_backbone(str(path), "none", announce=False).identity
+    edited = next(folder / name for name in TOKENIZER_FILES if (folder / name).is_file())
+    edited.write_text(edited.read_text().replace('"x"', '"xx"'))
+    assert load_backbone(str(path), "none", announce=False).identity != before
+    weights = tmp_path / "weights.pt"
+    torch.save(load_backbone(str(family_configs["siglip-style"]), "none", announce=False).model.state_dict(), weights)
+    pooled = json.loads(family_configs["siglip-style"].read_text())
+    first = load_backbone(str(family_configs["siglip-style"]), str(weights), announce=False).identity
+    pooled["text_cfg"]["pool_type"] = "first"  # same tensors, another model
+    (tmp_path / "first.json").write_text(json.dumps(pooled))
+    assert load_backbone(str(tmp_path / "first.json"), str(weights), announce=False).identity != first

@@ -112,7 +112,7 @@ def load_hub(model: str | None, pretrained: str, cache_dir: str | None = None):
         convert._check_tokenizer_files(snapshot)
     tokenizer = tokenizers.for_config(model_cfg, cache_dir=cache_dir, folder=folder)
     config_digest = hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
-    identity = f"sha256:{file_sha256(weights_path)}/config-sha256:{config_digest}"
+    identity = f"sha256:{file_sha256(weights_path)}/config-sha256:{config_digest}{tokenizers.identity_part(tokenizer)}"
     return clip_model, tokenizer, identity, spec
 
 

@@ -47,6 +47,12 @@ def load_config_file(path: str, pretrained: str, model_cfg: dict | None = None):
             "--model, give a checkpoint path or 'none')"
         )
     model = build_from_config(model_cfg)
+    tokenizer = tokenizer_for_config(model_cfg)
+    identity = f"{config_identity(model_cfg)}/none{tokenizers.identity_part(tokenizer)}"
+    return model, tokenizer, identity, Path(path).stem
+
+
+def config_identity(model_cfg: dict) -> str:
+    """``config-sha256:...`` of a model config's content (every field decides the model: pooling, masks...)."""
     canonical = json.dumps(model_cfg, sort_keys=True).encode()
-    identity = f"config-sha256:{hashlib.sha256(canonical).hexdigest()[:16]}/none"
-    return model, tokenizer_for_config(model_cfg), identity, Path(path).stem
+    return f"config-sha256:{hashlib.sha256(canonical).hexdigest()[:16]}"

@@ -17,6 +17,26 @@ import torch
 from ..errors import DipclipError
 
 DEFAULT_CONTEXT_LENGTH = 77
+# the files a Hugging Face tokenizer folder may hold; their bytes are part of a backbone's identity
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model",
+                   "sentencepiece.bpe.model", "vocab.json", "vocab.txt", "merges.txt", "added_tokens.json")
+
+
+def folder_files_sha256(folder: str | os.PathLike) -> dict[str, str]:
+    """sha256 of each tokenizer file in a local folder; a file that is not a regular file is refused unopened
+    (a FIFO would block the tokenizer's reader forever)."""
+    import hashlib
+    from pathlib import Path
+
+    from ..files import check_regular_file
+
+    digests = {}
+    for name in TOKENIZER_FILES:
+        path = Path(folder) / name
+        if os.path.lexists(path):
+            check_regular_file(path, "tokenizer file", "replace it with the tokenizer's real file")
+            digests[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digests
 
 
 class Tokenizer:
@@ -27,6 +47,9 @@ class Tokenizer:
         self.kind = kind  # "clip-bpe" or "hf"
         self.source = source  # what it was loaded from (a name, a folder): shown in messages
         self.context_length = int(inner.context_length)
+        # a local tokenizer folder's file digests (None: CLIP's BPE or a named hub tokenizer): its bytes decide the
+        # ids, so they belong to the backbone's identity
+        self.files_sha256: dict[str, str] | None = None
 
     def __call__(self, texts: list[str] | str) -> torch.Tensor:
         return self.inner(texts)
@@ -76,6 +99,7 @@ def hugging_face(name_or_path: str, context_length: int, cache_dir: str | None =
     from open_clip.tokenizer import HFTokenizer
 
     source = os.path.expanduser(str(name_or_path))
+    files = folder_files_sha256(source) if os.path.isdir(source) else None  # checked before anything reads them
     try:
         inner = HFTokenizer(source, context_length=context_length, cache_dir=cache_dir, local_files_only=True,
                             **kwargs)
@@ -85,7 +109,20 @@ def hugging_face(name_or_path: str, context_length: int, cache_dir: str | None =
             f"tokenizer {name_or_path} is not available offline (looked in {where}: {str(exc).splitlines()[0][:120]}); "
             "download it on a connected machine (huggingface-cli download NAME) or give a folder holding its files"
         ) from None
-    return Tokenizer(inner, "hf", source)
+    tokenizer = Tokenizer(inner, "hf", source)
+    tokenizer.files_sha256 = files
+    return tokenizer
+
+
+def identity_part(tokenizer: Tokenizer) -> str:
+    """``/tokenizer-sha256:...`` for a tokenizer read from a local folder (its files' bytes), else ``""``."""
+    if not tokenizer.files_sha256:
+        return ""
+    import hashlib
+    import json
+
+    canonical = json.dumps(tokenizer.files_sha256, sort_keys=True).encode()
+    return f"/tokenizer-sha256:{hashlib.sha256(canonical).hexdigest()[:16]}"
 
 
 def _hf_cache(cache_dir: str | None) -> str:

@@ -14,7 +14,7 @@ from ..errors import DipclipError
 from ..files import read_safetensors
 from . import tokenizers
 from .build import build_from_config, file_sha256
-from .model_configs import read_model_config, tokenizer_for_config
+from .model_configs import config_identity, read_model_config, tokenizer_for_config
 from .open_clip_names import check_model_name, named_tokenizer
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
@@ -41,7 +41,10 @@ def load_weights_file(model: str | None, pretrained: str, model_cfg: dict | None
 
     path = str(Path(pretrained).expanduser())
     identity = f"sha256:{file_sha256(path)}"
-    if model is None or _is_openai_file(path):
+    config_given = model_cfg is not None or (model is not None and model.endswith(".json"))
+    # a config JSON says what the tensors are (an open_clip CLIP's keys look like OpenAI's): only a TorchScript
+    # archive overrides it; with a model name, a file with OpenAI's keys is read as OpenAI's, as before
+    if model is None or (_is_torchscript(path) if config_given else _is_openai_file(path)):
         state = _read_openai_checkpoint(path, pretrained)
         try:
             clip_model = build_model_from_openai_state_dict(dict(state), quick_gelu=True, cast_dtype=None)
@@ -63,7 +66,10 @@ def load_weights_file(model: str | None, pretrained: str, model_cfg: dict | None
             clip_model.load_state_dict(state)
         except RuntimeError as exc:
             raise DipclipError(f"{pretrained} does not match config {model}: {str(exc).splitlines()[0]}") from None
-        return clip_model, tokenizer_for_config(model_cfg), identity, Path(model).stem
+        tokenizer = tokenizer_for_config(model_cfg)
+        # the same weights under another config (pooling, masks, towers) are another model
+        identity = f"{identity}/{config_identity(model_cfg)}{tokenizers.identity_part(tokenizer)}"
+        return clip_model, tokenizer, identity, Path(model).stem
     check_model_name(model)
     try:
         clip_model = open_clip.create_model(model, pretrained=path, precision="fp32", device="cpu")
@@ -89,15 +95,20 @@ def _read_openai_checkpoint(path: str, shown: str) -> dict:
     return dict(state)
 
 
-def _is_openai_file(path: str) -> bool:
-    """TorchScript archives are zip files with a `code/` folder; plain OpenAI state dicts have `visual.proj`
-    or `visual.attnpool` keys at the top level."""
+def _is_torchscript(path: str) -> bool:
+    """TorchScript archives (as `clip.load` downloads them) are zip files with a `code/` folder."""
     import zipfile
 
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            if any("/code/" in name for name in archive.namelist()[:2000]):
-                return True
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name for name in archive.namelist()[:2000])
+
+
+def _is_openai_file(path: str) -> bool:
+    """A TorchScript archive, or a plain state dict with `visual.proj` or `visual.attnpool` keys at the top level."""
+    if _is_torchscript(path):
+        return True
     try:
         state = _read_state_dict(path)
     except DipclipError:

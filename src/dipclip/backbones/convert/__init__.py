@@ -125,8 +125,7 @@ def load_transformers(weights: str | Path):
         check_tokenizer_files(folder)
         tokenizer = tokenizers.hugging_face(str(folder), context, clean="canonicalize")
         tokenizer_form = {"kind": "hf", "context_length": context,
-                          "files": {name: file_sha256(folder / name) for name in TOKENIZER_FILES
-                                    if (folder / name).is_file()}}
+                          "files": tokenizer.files_sha256 or {}}
     described = json.dumps({"model_cfg": model_cfg, "mean": mean, "std": std, "tokenizer": tokenizer_form},
                            sort_keys=True).encode()
     identity = f"sha256:{file_sha256(weights)}/config-sha256:{hashlib.sha256(described).hexdigest()[:16]}"

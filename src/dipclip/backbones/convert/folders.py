@@ -9,12 +9,11 @@ from pathlib import Path
 
 from ...errors import DipclipError
 from ...files import check_regular_file, read_json
+from ..tokenizers import TOKENIZER_FILES, folder_files_sha256  # noqa: F401 - convert re-exports the list
 
 CONFIG_NAME = "config.json"
 WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
 PREPROCESSOR_NAME = "preprocessor_config.json"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model",
-                   "sentencepiece.bpe.model", "vocab.json", "vocab.txt", "merges.txt", "added_tokens.json")
 FIX = "give a folder written by transformers' save_pretrained (config.json + model.safetensors or pytorch_model.bin)"
 
 
@@ -129,6 +128,4 @@ def read_preprocessing(folder: Path, defaults: tuple) -> tuple[tuple, tuple]:
 
 def check_tokenizer_files(folder: Path) -> None:
     """Refuse a tokenizer file that is not a regular file (a FIFO would block the tokenizer's reader forever)."""
-    for name in TOKENIZER_FILES:
-        if os.path.lexists(folder / name):
-            check_regular_file(folder / name, "tokenizer file", "replace it with the tokenizer's real file")
+    folder_files_sha256(folder)
